@@ -1,0 +1,142 @@
+"""`picod`: the command line, the Tornado application and the process lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from tornado import httpserver, web
+from tornado.netutil import bind_sockets, bind_unix_socket
+
+from . import __version__
+from .auth import TokenVerifier, load_public_key
+from .base import MAX_BODY_BYTES, NotFoundHandler
+from .command_handlers import ExecuteHandler, HealthHandler
+from .files import DownloadHandler, FilesHandler
+from .jail import Workspace
+from .kernel import KernelBridge
+from .kernel_handlers import ChannelsHandler, InterruptHandler, RestartHandler, RunHandler
+
+log = logging.getLogger("picod")
+
+DEFAULT_MAX_OUTPUT = 32 * 1024 * 1024
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass
+class State:
+    """What every handler needs: passed in explicitly, never a module global."""
+
+    workspace: Workspace
+    verifier: TokenVerifier
+    kernel: KernelBridge | None
+    max_output: int
+    started: float
+
+
+def make_app(state: State) -> web.Application:
+    routes = [
+        (r"/health", HealthHandler),
+        (r"/api/execute", ExecuteHandler),
+        (r"/api/files", FilesHandler),
+        (r"/api/files/(.*)", DownloadHandler),
+        (r"/api/run", RunHandler),
+        (r"/api/kernel/channels", ChannelsHandler),
+        (r"/api/kernel/interrupt", InterruptHandler),
+        (r"/api/kernel/restart", RestartHandler),
+    ]
+    return web.Application([(path, handler, {"state": state}) for path, handler in routes],
+                           default_handler_class=NotFoundHandler, compress_response=True,
+                           websocket_ping_interval=30)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picod",
+        description="PicoD: the KernelCube sandbox daemon. Runs commands, moves files inside a "
+                    "workspace jail and bridges a live Jupyter kernel, behind RS256 JWT auth. "
+                    "The router's public key (PEM) is read from PICOD_AUTH_PUBLIC_KEY.",
+        epilog="Environment: PICOD_AUTH_PUBLIC_KEY (required), PICOD_SANDBOX_ID (tokens must carry "
+               "this 'sandbox' claim), PICOD_AUTH_ISSUER (tokens must carry this 'iss'), "
+               "PICOD_KERNEL_PYTHON (interpreter for the kernel). None of them reach user code.")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--unix-socket", default="",
+                        help="serve on this Unix socket instead of TCP (for sandboxes without a network)")
+    parser.add_argument("--workspace", default="",
+                        help="directory that file paths and working_dir are jailed to (default: cwd)")
+    parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT,
+                        help="bytes of stdout and of stderr kept per command; beyond it output is "
+                             f"dropped and a marker added (default {DEFAULT_MAX_OUTPUT})")
+    parser.add_argument("--kernel-python", default=os.environ.get("PICOD_KERNEL_PYTHON") or sys.executable,
+                        help="Python interpreter with ipykernel that runs the kernel (default: this one)")
+    parser.add_argument("--no-kernel", action="store_true", help="run without a kernel bridge")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--version", action="version", version=f"picod {__version__}")
+    return parser
+
+
+def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
+    """Build the state from arguments and environment; raise ValueError on bad configuration."""
+    key = load_public_key(env.get("PICOD_AUTH_PUBLIC_KEY", ""))
+    verifier = TokenVerifier(key, env.get("PICOD_SANDBOX_ID"), env.get("PICOD_AUTH_ISSUER"))
+    workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()))
+    if args.max_output <= 0:
+        raise ValueError("--max-output must be a positive number of bytes")
+    kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python)
+    return State(workspace, verifier, kernel, args.max_output, time.monotonic())
+
+
+async def serve(args: argparse.Namespace, state: State) -> None:
+    server = httpserver.HTTPServer(make_app(state), max_body_size=4 * MAX_BODY_BYTES,
+                                   idle_connection_timeout=3600, body_timeout=600)
+    if args.unix_socket:
+        sockets = [bind_unix_socket(args.unix_socket, mode=0o600)]
+        where = args.unix_socket
+    else:
+        sockets = bind_sockets(args.port, args.host)
+        where = f"{args.host}:{sockets[0].getsockname()[1]}"
+    server.add_sockets(sockets)
+    log.info("PicoD %s listening on %s, workspace %s", __version__, where, state.workspace.root)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    kernel_start = asyncio.ensure_future(state.kernel.start()) if state.kernel else None
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    if kernel_start:
+        kernel_start.cancel()
+        await state.kernel.shutdown()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+    except asyncio.TimeoutError:
+        log.warning("connections still open after %.0fs; closing anyway", SHUTDOWN_GRACE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_run(args))
+    except (ValueError, OSError) as exc:
+        print(f"picod: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> None:
+    # The state is built inside the loop: the kernel manager's ZMQ context belongs to it.
+    await serve(args, make_state(args, dict(os.environ)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run one command (argv, no shell) the way upstream PicoD does, without its leaks.
+
+Each command gets its own session and process group; on timeout or client disconnect the
+whole group is SIGKILLed, and the pipes are read for at most GRACE_SECONDS more, so the reply
+never waits on an orphaned grandchild. Output is capped per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+TIMEOUT_EXIT_CODE = 124
+GRACE_SECONDS = 0.5
+READ_CHUNK = 64 * 1024
+# Variables of the daemon itself that a command must never see.
+PRIVATE_ENV_PREFIXES = ("PICOD_", "KERNELCUBE_")
+
+
+def child_environment(extra: dict[str, str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The daemon's environment minus its private variables, then the request's `env`."""
+    env = {k: v for k, v in (base if base is not None else os.environ).items()
+           if not k.startswith(PRIVATE_ENV_PREFIXES)}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class _Capture:
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+@dataclass
+class CommandResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration: float
+    start_time: float
+    end_time: float
+
+
+async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
+    while chunk := await stream.read(READ_CHUNK):
+        capture.add(chunk)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _format_seconds(seconds: float) -> str:
+    # Go's %.0f rounds half to even, and so does Python's format.
+    return f"{seconds:.0f}"
+
+
+async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[str, str],
+                      max_output: int) -> CommandResult:
+    """Run argv and collect its output; cancelling this coroutine kills the process group."""
+    start = time.time()
+    out, err = _Capture(max_output), _Capture(max_output)
+    if timeout <= 0:
+        end = time.time()
+        return CommandResult("", f"Command timed out after {_format_seconds(timeout)} seconds",
+                             TIMEOUT_EXIT_CODE, end - start, start, end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except (OSError, ValueError) as exc:
+        end = time.time()
+        return CommandResult("", f"exec: {argv[0]!r}: {exc}", 1, end - start, start, end)
+
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
+    timed_out = False
+    try:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            timed_out = True
+            _kill_group(proc)
+            await proc.wait()
+        # The direct child is gone; grandchildren may still hold the pipes open.
+        try:
+            await asyncio.wait_for(asyncio.shield(pumps), GRACE_SECONDS)
+        except asyncio.TimeoutError:
+            _kill_group(proc)
+            pumps.cancel()
+    except asyncio.CancelledError:
+        _kill_group(proc)
+        pumps.cancel()
+        raise
+    end = time.time()
+
+    stderr = err.text()
+    for name, capture in (("stdout", out), ("stderr", err)):
+        if capture.dropped:
+            stderr += f"\n[picod: {name} truncated: {capture.dropped} bytes beyond the {capture.limit}-byte cap were dropped]"
+    code = proc.returncode if proc.returncode is not None else -1
+    if timed_out:
+        code = TIMEOUT_EXIT_CODE
+        stderr += f"Command timed out after {_format_seconds(timeout)} seconds"
+    elif code < 0:
+        code = -1  # killed by a signal, as upstream reports it
+    return CommandResult(out.text(), stderr, code, end - start, start, end)

@@ -1,0 +1,111 @@
+"""Turn a kernel's replies to one execute_request into an Execution or a stream of events.
+
+Execution JSON: {execution_count, status: ok|error|timeout|dead, stdout, stderr,
+results: [{<mime>: data, ..., is_main_result}], error: {name, value, traceback} | null,
+duration_ms}. Events (NDJSON, one per line): start, stdout, stderr, result, error, end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+EventSink = Callable[[dict], None]
+
+
+def _discard(event: dict) -> None:
+    pass
+
+
+class ExecutionCollector:
+    """Fed the iopub and shell messages whose parent is one execute_request, in arrival order."""
+
+    def __init__(self, on_event: EventSink | None = None):
+        self.on_event = on_event or _discard
+        self.started = time.perf_counter()
+        self.execution_count: int | None = None
+        self.status = "ok"
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.results: list[dict] = []
+        self.error: dict | None = None
+        self.idle = False
+        self.replied = False
+        self._start_sent = False
+
+    @property
+    def done(self) -> bool:
+        return self.idle and self.replied
+
+    def _start(self) -> None:
+        if not self._start_sent:
+            self._start_sent = True
+            self.on_event({"type": "start", "execution_count": self.execution_count})
+
+    def iopub(self, msg: dict) -> None:
+        kind, content = msg["header"]["msg_type"], msg["content"]
+        if kind == "status":
+            if content.get("execution_state") == "idle":
+                self.idle = True
+            return
+        if kind == "execute_input":
+            self.execution_count = content.get("execution_count")
+            self._start()
+            return
+        self._start()
+        if kind == "stream":
+            name = "stderr" if content.get("name") == "stderr" else "stdout"
+            (self.stderr if name == "stderr" else self.stdout).append(content.get("text", ""))
+            self.on_event({"type": name, "text": content.get("text", "")})
+        elif kind in ("execute_result", "display_data", "update_display_data"):
+            result = dict(content.get("data", {}))
+            result["is_main_result"] = kind == "execute_result"
+            self.results.append(result)
+            self.on_event({"type": "result", **result})
+        elif kind == "error":
+            self.set_error(content.get("ename", "Error"), content.get("evalue", ""),
+                           content.get("traceback", []))
+        elif kind == "clear_output" and not content.get("wait"):
+            self.stdout.clear()
+            self.stderr.clear()
+            self.results.clear()
+            self.on_event({"type": "clear"})
+
+    def shell(self, msg: dict) -> None:
+        content = msg["content"]
+        self.replied = True
+        if self.execution_count is None:
+            self.execution_count = content.get("execution_count")
+        if content.get("status") == "error" and self.status == "ok":
+            self.status = "error"
+            if self.error is None:
+                self.set_error(content.get("ename", "Error"), content.get("evalue", ""),
+                               content.get("traceback", []))
+        elif content.get("status") == "aborted" and self.status == "ok":
+            self.status = "error"
+            self.set_error("ExecutionAborted", "the kernel aborted this execution", [])
+
+    def set_error(self, name: str, value: str, traceback: list[str]) -> None:
+        self._start()
+        self.error = {"name": name, "value": value, "traceback": list(traceback)}
+        if self.status == "ok":
+            self.status = "error"
+        self.on_event({"type": "error", **self.error})
+
+    def finish(self, status: str | None = None) -> dict:
+        """Close the execution; `status` overrides (timeout, dead). Emits the end event."""
+        if status is not None:
+            self.status = status
+        self._start()
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        self.on_event({"type": "end", "status": self.status, "execution_count": self.execution_count,
+                       "duration_ms": duration_ms})
+        return {
+            "execution_count": self.execution_count,
+            "status": self.status,
+            "stdout": "".join(self.stdout),
+            "stderr": "".join(self.stderr),
+            "results": self.results,
+            "error": self.error,
+            "duration_ms": duration_ms,
+        }

@@ -1,0 +1,198 @@
+"""`POST /api/files` (multipart or JSON/base64), `GET /api/files?path=` and `GET /api/files/<path>`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import mimetypes
+import os
+import posixpath
+import stat
+from urllib.parse import unquote
+
+from tornado import httputil
+
+from .base import PicodHandler, RequestError
+from .command_handlers import rfc3339
+from .jail import JailError
+
+DEFAULT_MODE = 0o644
+CHUNK = 256 * 1024
+
+
+def parse_mode(text) -> int:
+    """Upstream's rule: an octal string up to 0777; anything else means 0644."""
+    if not isinstance(text, str) or not text:
+        return DEFAULT_MODE
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        return DEFAULT_MODE
+    return mode if 0 <= mode <= 0o777 else DEFAULT_MODE
+
+
+def mode_string(st_mode: int) -> str:
+    """Go's FileMode.String(): `-rw-r--r--`, `drwxr-xr-x`, `Lrwxrwxrwx`."""
+    kind = "d" if stat.S_ISDIR(st_mode) else "L" if stat.S_ISLNK(st_mode) else "-"
+    return kind + stat.filemode(st_mode)[1:]
+
+
+def file_info(workspace, path: str) -> dict:
+    st = os.stat(path)
+    return {"path": workspace.relative(path), "size": st.st_size, "mode": mode_string(st.st_mode),
+            "modified": rfc3339(st.st_mtime)}
+
+
+def write_file(workspace, user_path: str, content: bytes, mode: int) -> dict:
+    try:
+        fd, path = workspace.open_for_write(user_path, mode)
+    except JailError as exc:
+        raise RequestError(400, str(exc)) from None
+    except OSError as exc:
+        raise RequestError(500, f"Failed to create destination file: {exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+    except OSError as exc:
+        raise RequestError(500, f"Failed to save file content: {exc}") from None
+    return file_info(workspace, path)
+
+
+def list_directory(workspace, user_path: str) -> dict:
+    try:
+        path = workspace.resolve(user_path)
+    except JailError as exc:
+        raise RequestError(400, str(exc)) from None
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        raise RequestError(404, "Directory not found") from None
+    except OSError as exc:
+        raise RequestError(500, f"Failed to read directory: {exc}") from None
+    files = []
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except OSError:
+            continue
+        files.append({"name": name, "size": st.st_size, "modified": rfc3339(st.st_mtime),
+                      "mode": mode_string(st.st_mode), "is_dir": stat.S_ISDIR(st.st_mode)})
+    return {"files": files}
+
+
+class FilesHandler(PicodHandler):
+    async def post(self) -> None:
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            user_path, content, mode = self._multipart(content_type)
+        else:
+            user_path, content, mode = self._json()
+        info = await asyncio.to_thread(write_file, self.state.workspace, user_path, content, mode)
+        self.write_json(info)
+
+    def _multipart(self, content_type: str) -> tuple[str, bytes, int]:
+        fields: dict[str, list[bytes]] = {}
+        files: dict[str, list[httputil.HTTPFile]] = {}
+        httputil.parse_body_arguments(content_type, self.body, fields, files)
+        path = fields.get("path", [b""])[0].decode("utf-8", "replace")
+        if not path:
+            raise RequestError(400, "Missing 'path' field")
+        if "file" not in files:
+            raise RequestError(400, "Failed to get file: http: no such file (send the content as a multipart part named 'file')")
+        mode = parse_mode(fields.get("mode", [b""])[0].decode("utf-8", "replace"))
+        return path, files["file"][0].body, mode
+
+    def _json(self) -> tuple[str, bytes, int]:
+        body = self.json_body()
+        path, content = body.get("path"), body.get("content")
+        if not isinstance(path, str) or not path:
+            raise RequestError(400, "Key: 'UploadFileRequest.Path' Error:Field validation for 'Path' failed on the 'required' tag")
+        if not isinstance(content, str):
+            raise RequestError(400, "Key: 'UploadFileRequest.Content' Error:Field validation for 'Content' failed on the 'required' tag (base64 string)")
+        try:
+            data = base64.b64decode(content.replace("\r", "").replace("\n", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestError(400, f"Invalid base64 content: {exc}") from None
+        return path, data, parse_mode(body.get("mode"))
+
+    async def get(self) -> None:
+        user_path = self.get_query_argument("path", "")
+        if not user_path:
+            raise RequestError(400, "Missing 'path' query parameter")
+        self.write_json(await asyncio.to_thread(list_directory, self.state.workspace, user_path))
+
+
+class DownloadHandler(PicodHandler):
+    """Streams one file; supports Range (206) and If-Modified-Since (304)."""
+
+    async def get(self, raw: str) -> None:
+        user_path = unquote(raw).lstrip("/")
+        try:
+            path = self.state.workspace.resolve(user_path)
+        except JailError as exc:
+            raise RequestError(400, str(exc)) from None
+        try:
+            st = await asyncio.to_thread(os.stat, path)
+        except FileNotFoundError:
+            raise RequestError(404, "File not found") from None
+        except OSError as exc:
+            raise RequestError(500, f"Failed to get file info: {exc}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise RequestError(400, "Path is a directory, not a file")
+        modified = email.utils.formatdate(int(st.st_mtime), usegmt=True)
+        self.set_header("Last-Modified", modified)
+        self.set_header("Accept-Ranges", "bytes")
+        since = self.request.headers.get("If-Modified-Since")
+        if since and email.utils.parsedate_to_datetime(since).timestamp() >= int(st.st_mtime):
+            self.set_status(304)
+            self.finish()
+            return
+        start, end = 0, st.st_size
+        byte_range = parse_range(self.request.headers.get("Range", ""), st.st_size)
+        if byte_range is not None:
+            start, end = byte_range
+            if start >= end:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{st.st_size}")
+                self.finish()
+                return
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{st.st_size}")
+        name = posixpath.basename(path)
+        self.set_header("Content-Type", mimetypes.guess_type(name)[0] or "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.set_header("Content-Description", "File Transfer")
+        self.set_header("Content-Transfer-Encoding", "binary")
+        self.set_header("Content-Length", str(end - start))
+        await self._stream(path, start, end)
+
+    async def _stream(self, path: str, start: int, end: int) -> None:
+        with open(path, "rb") as f:  # noqa: ASYNC230 -- reads below run in a thread
+            f.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = await asyncio.to_thread(f.read, min(CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as [start, end); None means the whole file."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec or "-" not in spec:
+        return None
+    first, _, last = (part.strip() for part in spec.partition("-"))
+    try:
+        if not first:
+            return max(size - int(last), 0), size
+        start = int(first)
+        end = size if not last else min(int(last) + 1, size)
+    except ValueError:
+        return None
+    return start, end
