@@ -48,6 +48,10 @@ class PicodHandler(web.RequestHandler):
 
     def prepare(self) -> None:
         set_nodelay(self)
+        method = self.request.method.lower()
+        if getattr(type(self), method, None) is getattr(web.RequestHandler, method, None):
+            self.send_error(405)  # answered as gin does, before auth: see write_error
+            return
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             self._refuse_too_large()

@@ -12,7 +12,8 @@ _UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_PAIR = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)?")
+_NUMBER = re.compile(r"\d+\.?\d*|\.\d+")
+_UNIT = re.compile(r"[^\d.]*")
 
 
 def parse_go_duration(text: str) -> float:
@@ -22,26 +23,23 @@ def parse_go_duration(text: str) -> float:
     (`1m30s`, `1.5h`, `500ms`); `0` is the only number allowed without a unit.
     """
     original = text
-    sign = 1.0
-    if text[:1] in "+-":
-        sign = -1.0 if text[0] == "-" else 1.0
-        text = text[1:]
+    sign = -1.0 if text[:1] == "-" else 1.0
+    text = text[1:] if text[:1] in "+-" else text
     if text == "0":
         return 0.0
     if not text:
         raise ValueError(f'time: invalid duration "{original}"')
     total = 0.0
-    pos = 0
-    while pos < len(text):
-        match = _PAIR.match(text, pos)
-        if not match:
+    while text:
+        number = _NUMBER.match(text)
+        if not number:
             raise ValueError(f'time: invalid duration "{original}"')
-        number, unit = match.groups()
-        if unit is None:
-            rest = text[match.end():]
-            if rest:
-                raise ValueError(f'time: unknown unit "{rest.split()[0][:8]}" in duration "{original}"')
+        text = text[number.end():]
+        unit = _UNIT.match(text).group()
+        if not unit:
             raise ValueError(f'time: missing unit in duration "{original}"')
-        total += float(number) * _UNITS[unit]
-        pos = match.end()
+        if unit not in _UNITS:
+            raise ValueError(f'time: unknown unit "{unit}" in duration "{original}"')
+        total += float(number.group()) * _UNITS[unit]
+        text = text[len(unit):]
     return sign * total

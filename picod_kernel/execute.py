@@ -54,14 +54,34 @@ class CommandResult:
     end_time: float
 
 
-async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
-    while chunk := await stream.read(READ_CHUNK):
-        capture.add(chunk)
+class _CaptureProtocol(asyncio.SubprocessProtocol):
+    """Collects both pipes and signals process exit apart from pipe closure.
+
+    asyncio's Process.wait() may only return once every pipe is closed, which a backgrounded
+    grandchild can postpone forever; process_exited() fires when the child itself exits.
+    """
+
+    def __init__(self, max_output: int):
+        loop = asyncio.get_running_loop()
+        self.out, self.err = _Capture(max_output), _Capture(max_output)
+        self.exited: asyncio.Future = loop.create_future()
+        self.closed: asyncio.Future = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        (self.out if fd == 1 else self.err).add(data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(pgid: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -75,49 +95,50 @@ async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[st
                       max_output: int) -> CommandResult:
     """Run argv and collect its output; cancelling this coroutine kills the process group."""
     start = time.time()
-    out, err = _Capture(max_output), _Capture(max_output)
     if timeout <= 0:
         end = time.time()
         return CommandResult("", f"Command timed out after {_format_seconds(timeout)} seconds",
                              TIMEOUT_EXIT_CODE, end - start, start, end)
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        transport, proto = await loop.subprocess_exec(
+            lambda: _CaptureProtocol(max_output), *argv, cwd=cwd, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
     except (OSError, ValueError) as exc:
         end = time.time()
         return CommandResult("", f"exec: {argv[0]!r}: {exc}", 1, end - start, start, end)
 
-    assert proc.stdout is not None and proc.stderr is not None
-    pumps = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
+    pid = transport.get_pid()
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(proto.exited), timeout)
         except asyncio.TimeoutError:
             timed_out = True
-            _kill_group(proc)
-            await proc.wait()
-        # The direct child is gone; grandchildren may still hold the pipes open.
+            _kill_group(pid)
+            await proto.exited
+        # The child is gone; grandchildren may still hold the pipes open.
         try:
-            await asyncio.wait_for(asyncio.shield(pumps), GRACE_SECONDS)
+            await asyncio.wait_for(asyncio.shield(proto.closed), GRACE_SECONDS)
         except asyncio.TimeoutError:
-            _kill_group(proc)
-            pumps.cancel()
+            _kill_group(pid)
     except asyncio.CancelledError:
-        _kill_group(proc)
-        pumps.cancel()
+        _kill_group(pid)
         raise
+    finally:
+        transport.close()
     end = time.time()
 
+    out, err = proto.out, proto.err
     stderr = err.text()
     for name, capture in (("stdout", out), ("stderr", err)):
         if capture.dropped:
             stderr += f"\n[picod: {name} truncated: {capture.dropped} bytes beyond the {capture.limit}-byte cap were dropped]"
-    code = proc.returncode if proc.returncode is not None else -1
+    code = transport.get_returncode()
     if timed_out:
         code = TIMEOUT_EXIT_CODE
         stderr += f"Command timed out after {_format_seconds(timeout)} seconds"
-    elif code < 0:
+    elif code is None or code < 0:
         code = -1  # killed by a signal, as upstream reports it
     return CommandResult(out.text(), stderr, code, end - start, start, end)

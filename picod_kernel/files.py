@@ -144,8 +144,7 @@ class DownloadHandler(PicodHandler):
         modified = email.utils.formatdate(int(st.st_mtime), usegmt=True)
         self.set_header("Last-Modified", modified)
         self.set_header("Accept-Ranges", "bytes")
-        since = self.request.headers.get("If-Modified-Since")
-        if since and email.utils.parsedate_to_datetime(since).timestamp() >= int(st.st_mtime):
+        if _not_modified_since(self.request.headers.get("If-Modified-Since"), st.st_mtime):
             self.set_status(304)
             self.finish()
             return
@@ -180,6 +179,15 @@ class DownloadHandler(PicodHandler):
                 self.write(chunk)
                 await self.flush()
         self.finish()
+
+
+def _not_modified_since(header: str | None, mtime: float) -> bool:
+    if not header:
+        return False
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp() >= int(mtime)
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored, as HTTP says
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:

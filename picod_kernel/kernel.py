@@ -2,7 +2,7 @@
 
 The kernel talks IPC inside the sandbox (TCP cannot cross a network namespace and needs no
 ports). One client, with two pump tasks, routes iopub and shell replies to the execution that
-asked; WebSocket relays open sockets of their own. A restarter notices a dead kernel, fails the
+asked; WebSocket relays open sockets of their own. A watcher notices a dead kernel, fails the
 executions in flight with status "dead" and starts a fresh kernel.
 """
 
@@ -17,9 +17,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
-from traitlets.config import Config
+from jupyter_client.manager import AsyncKernelManager
 
 from .execute import child_environment
 from .execution import EventSink, ExecutionCollector
@@ -29,6 +28,7 @@ log = logging.getLogger("picod.kernel")
 KERNEL_NAME = "picod-python"
 READY_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0
+MAX_RESTART_FAILURES = 5
 DEAD = object()  # queued to an execution whose kernel died
 
 
@@ -50,31 +50,30 @@ class KernelBridge:
         self.failure: str | None = None
         self.ready = asyncio.Event()
         self._runtime_dir = tempfile.mkdtemp(prefix="picod-kernel-")
-        self._km = self._make_manager(restart_poll)
+        self._km = self._make_manager()
         self._client = None
         self._waiters: dict[str, asyncio.Queue] = {}
         self._pumps: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[str], None]] = []
-        self._ready_task: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._restart_poll = restart_poll
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _make_manager(self, restart_poll: float) -> AsyncIOLoopKernelManager:
+    def _make_manager(self) -> AsyncKernelManager:
         spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
         os.makedirs(spec_dir)
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
             json.dump({"argv": [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                        "display_name": "Python 3 (sandbox)", "language": "python",
                        "interrupt_mode": "signal"}, f)
-        config = Config({"KernelRestarter": {"time_to_dead": restart_poll, "restart_limit": 5}})
-        km = AsyncIOLoopKernelManager(
-            config=config, kernel_name=KERNEL_NAME, transport="ipc",
+        # The restart keeps the IPC paths, so our client and the relays stay connected.
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME, transport="ipc",
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[os.path.join(self._runtime_dir, "kernels")]),
             connection_file=os.path.join(self._runtime_dir, "connection.json"))
         km.ip = os.path.join(self._runtime_dir, "ipc")
-        km.add_restart_callback(self._on_kernel_died, "restart")
-        km.add_restart_callback(self._on_kernel_lost, "dead")
         return km
 
     async def start(self) -> None:
@@ -86,7 +85,7 @@ class KernelBridge:
             self._pumps = [asyncio.ensure_future(self._pump(self._client.get_iopub_msg)),
                            asyncio.ensure_future(self._pump(self._client.get_shell_msg))]
             await self._wait_ready()
-            self._km.start_restarter()
+            self._watcher = asyncio.ensure_future(self._watch())
         except Exception as exc:  # the daemon still serves commands and files
             self.state, self.failure = "failed", f"{type(exc).__name__}: {exc}"
             log.error("kernel failed to start: %s", self.failure)
@@ -117,11 +116,9 @@ class KernelBridge:
         self._notify()
 
     async def shutdown(self) -> None:
-        self._km.stop_restarter()
-        for task in self._pumps:
-            task.cancel()
-        if self._ready_task:
-            self._ready_task.cancel()
+        for task in [*self._pumps, self._watcher]:
+            if task is not None:
+                task.cancel()
         if self._client is not None:
             self._client.stop_channels()
         if self._km.has_kernel:
@@ -155,28 +152,32 @@ class KernelBridge:
         for queue in self._waiters.values():
             queue.put_nowait(DEAD)
 
-    def _on_kernel_died(self) -> None:
-        log.warning("kernel died; restarting it")
-        self.state = "dead"
-        self.ready.clear()
-        self._notify()
-        self._fail_inflight()
-        self.state = "restarting"
-        self._ready_task = asyncio.ensure_future(self._after_restart())
-
-    def _on_kernel_lost(self) -> None:
-        self.state, self.failure = "failed", "the kernel kept dying and the restart limit was reached"
-        log.error(self.failure)
-        self._notify()
-
-    async def _after_restart(self) -> None:
-        await asyncio.sleep(0)  # let the restarter begin restart_kernel first
-        try:
-            await self._wait_ready()
-        except Exception as exc:
-            self.state, self.failure = "failed", f"restart failed: {exc}"
-            log.error("kernel %s", self.failure)
-            self._notify()
+    async def _watch(self) -> None:
+        """Notice a dead kernel, fail what is in flight, restart it; give up after a few tries."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self._restart_poll)
+            if self.state == "ready":
+                if await self._km.is_alive():
+                    continue
+                log.warning("kernel died; restarting it")
+                self.state = "dead"
+                self.ready.clear()
+                self._notify()
+                self._fail_inflight()
+            elif self.state != "dead":
+                continue  # a restart on request is under way
+            try:
+                await self.restart()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                self.state = "dead"
+                log.error("kernel restart %d/%d failed: %s", failures, MAX_RESTART_FAILURES, exc)
+                if failures >= MAX_RESTART_FAILURES:
+                    self.state, self.failure = "failed", f"the kernel could not be restarted: {exc}"
+                    self._notify()
+                    return
 
     async def _pump(self, receive) -> None:
         while True:
@@ -268,7 +269,7 @@ class KernelBridge:
 
     async def restart(self) -> None:
         """Restart on request: executions in flight end with status "dead"; wait until ready."""
-        if self.state not in ("ready", "dead", "restarting"):
+        if self.state not in ("ready", "dead"):
             self._require_ready()
         self.state = "restarting"
         self.ready.clear()

@@ -1,0 +1,319 @@
+"""The SandboxClaim reconciler: bind a claim to a warm Sandbox (or a cold one) and report it.
+
+A warm adoption costs three writes: the claim's `sandbox-name` annotation under the claim's
+resourceVersion (so two controllers never bind one claim to two Sandboxes), the Sandbox's
+ownership transfer under the Sandbox's resourceVersion (so two claims never get one Sandbox),
+and one status patch carrying name, podIPs and Ready together. Within one process, a Sandbox
+being adopted is reserved so that no other worker tries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from controller import claim_logic as logic
+from controller import conditions as cond
+from controller import naming as n
+from controller.claim_logic import Candidate, ClaimRejected
+from controller.context import Context
+from controller.errors import AlreadyExists, ApiError, Conflict, NotFound
+from controller.resources import CLAIMS, SANDBOXES
+from controller.sandbox_logic import controller_of, is_controlled_by, status_patch
+from controller.warmpool_logic import is_ready, is_stale
+
+log = logging.getLogger(__name__)
+
+MISSING_REQUEUE = 60.0  # pool or template missing: look again (their events also wake us)
+
+
+class _Wait(Exception):
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"waiting {delay:.2f}s for a warm sandbox")
+        self.delay = delay
+
+
+class ClaimReconciler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.reserved: dict[tuple[str, str], str] = {}  # sandbox key -> claim uid adopting it
+        self.waiters: dict[tuple[str, str], deque] = {}  # pool key -> claim keys
+        self.first_seen: dict[str, float] = {}  # claim uid -> loop time first observed
+        self.reported: set[str] = set()
+
+    # -- hooks called from informer handlers ------------------------------------------------
+
+    def observe(self, claim: dict, now: float) -> None:
+        self.first_seen.setdefault(claim["metadata"]["uid"], now)
+
+    def forget(self, claim: dict) -> None:
+        uid = claim["metadata"]["uid"]
+        self.first_seen.pop(uid, None)
+        self.reported.discard(uid)
+
+    def release(self, sandbox_key: tuple[str, str]) -> None:
+        self.reserved.pop(sandbox_key, None)
+
+    def wake_one(self, pool_key: tuple[str, str]) -> None:
+        """A member of the pool became Ready: let the longest-waiting claim try again."""
+        waiting = self.waiters.get(pool_key)
+        while waiting:
+            key = waiting.popleft()
+            claim = self.ctx.claims.get(*key)
+            if claim is not None and not (claim.get("status") or {}).get("sandbox"):
+                self.ctx.enqueue("claim", *key)
+                return
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, key: tuple[str, str]) -> float | None:
+        claim = self.ctx.claims.get(*key)
+        if claim is None or claim["metadata"].get("deletionTimestamp"):
+            return None
+        now = cond.now()
+        expiry = logic.deadline(claim)
+        if expiry is not None and expiry <= now:
+            await self._expire(claim)
+            return None
+        try:
+            sandbox = await self._find_or_make(claim)
+        except _Wait as wait:
+            return wait.delay
+        except ClaimRejected as exc:
+            await self._write(claim, logic.failed_status(claim, exc.reason, str(exc), now))
+            if exc.reason in ("WarmPoolNotFound", "TemplateNotFound"):
+                return MISSING_REQUEUE
+            return None
+        claim = self.ctx.claims.get(*key) or claim
+        status = logic.bound_status(claim, sandbox, now)
+        await self._write(claim, status)
+        self._report(claim, sandbox, status)
+        expiry = logic.deadline(claim | {"status": status})
+        if expiry is not None:
+            return max(0.05, (expiry - cond.now()).total_seconds())
+        return None
+
+    async def _write(self, claim: dict, status: dict) -> None:
+        patch = status_patch(claim.get("status"), status)
+        if patch is None:
+            return
+        meta = claim["metadata"]
+        try:
+            await self.ctx.kube.patch_status(CLAIMS, meta["namespace"], meta["name"], patch)
+        except NotFound:
+            pass  # deleted meanwhile
+
+    def _report(self, claim: dict, sandbox: dict, status: dict) -> None:
+        uid = claim["metadata"]["uid"]
+        if uid in self.reported or not cond.is_true(status["conditions"], "Ready"):
+            return
+        self.reported.add(uid)
+        launch = (sandbox["metadata"].get("labels") or {}).get(n.LAUNCH_TYPE, "cold")
+        started = self.first_seen.get(uid)
+        if started is not None:
+            elapsed = asyncio.get_running_loop().time() - started
+            self.ctx.metrics.claim_ready(launch, elapsed)
+        requested = cond.parse_time((claim["metadata"].get("annotations") or {}).get(
+            n.CLIENT_FIRST_REQUESTED_AT))
+        if requested is not None:
+            self.ctx.metrics.client_claim_ready(launch, (cond.now() - requested).total_seconds())
+
+    # -- finding or making the Sandbox --------------------------------------------------------
+
+    async def _find_or_make(self, claim: dict) -> dict:
+        meta = claim["metadata"]
+        ns, uid = meta["namespace"], meta["uid"]
+        bound = ((claim.get("status") or {}).get("sandbox") or {}).get("name")
+        if bound:
+            sandbox = self.ctx.sandboxes.get(ns, bound)
+            if sandbox is not None and is_controlled_by(sandbox, claim):
+                return sandbox
+        for sandbox in self.ctx.sandboxes.by_index("owner", uid):
+            if not sandbox["metadata"].get("deletionTimestamp"):
+                return sandbox
+
+        chosen = (meta.get("annotations") or {}).get(n.SANDBOX_NAME_ANNOTATION)
+        if chosen:
+            found = await self._resume(claim, chosen)
+            if found is not None:
+                return found
+            claim = await self._annotate(claim, None)
+
+        same_name = self.ctx.sandboxes.get(ns, meta["name"])
+        if same_name is not None:
+            if is_controlled_by(same_name, claim):
+                return same_name
+            if controller_of(same_name) is None or \
+                    controller_of(same_name).get("kind") != "SandboxWarmPool":
+                raise ClaimRejected("ReconcilerError",
+                                    f"Sandbox {meta['name']} exists and is not owned by this claim")
+
+        pool_name = claim["spec"]["warmPoolRef"]["name"]
+        pool = self.ctx.pools.get(ns, pool_name)
+        if pool is None:
+            raise ClaimRejected("WarmPoolNotFound", f"SandboxWarmPool {pool_name} not found")
+        template_name = pool["spec"]["sandboxTemplateRef"]["name"]
+        template = self.ctx.templates.get(ns, template_name)
+        if template is None:
+            raise ClaimRejected("TemplateNotFound", f"SandboxTemplate {template_name} not found")
+        logic.validate_pod_metadata(claim, template["spec"],
+                                    self.ctx.settings.allowed_label_domains)
+        if not logic.needs_cold_start(claim):
+            sandbox = await self._adopt_warm(claim, pool, template)
+            if sandbox is not None:
+                return sandbox
+            self._maybe_wait(claim, pool)
+        return await self._create_cold(claim, template)
+
+    async def _resume(self, claim: dict, name: str) -> dict | None:
+        """The claim names a Sandbox chosen earlier (perhaps by a crashed or rival controller):
+        finish that adoption if the Sandbox is still in the pool."""
+        ns = claim["metadata"]["namespace"]
+        sandbox = self.ctx.sandboxes.get(ns, name)
+        if sandbox is None:
+            try:
+                sandbox = await self.ctx.kube.get(SANDBOXES, ns, name)
+            except NotFound:
+                return None
+        if is_controlled_by(sandbox, claim):
+            return sandbox
+        ref = controller_of(sandbox)
+        if ref is not None and ref.get("kind") == "SandboxWarmPool" and \
+                n.WARM_POOL_SANDBOX in (sandbox["metadata"].get("labels") or {}):
+            return await self._transfer(claim, sandbox)
+        return None
+
+    async def _annotate(self, claim: dict, name: str | None) -> dict:
+        """Record the chosen Sandbox on the claim, under the claim's resourceVersion."""
+        meta = claim["metadata"]
+        return await self.ctx.kube.patch(CLAIMS, meta["namespace"], meta["name"], {"metadata": {
+            "resourceVersion": meta["resourceVersion"],
+            "annotations": {n.SANDBOX_NAME_ANNOTATION: name}}})
+
+    async def _transfer(self, claim: dict, sandbox: dict) -> dict | None:
+        """Hand the Sandbox to the claim under its resourceVersion; on 404/409 decide from an
+        authoritative read rather than switching candidates blindly."""
+        ns, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
+        for _ in range(2):
+            try:
+                return await self.ctx.kube.patch(SANDBOXES, ns, name,
+                                                 logic.adoption_patch(claim, sandbox))
+            except (Conflict, NotFound):
+                try:
+                    sandbox = await self.ctx.kube.get(SANDBOXES, ns, name)
+                except NotFound:
+                    return None
+                if is_controlled_by(sandbox, claim):
+                    return sandbox
+                ref = controller_of(sandbox)
+                if ref is None or ref.get("kind") != "SandboxWarmPool" or \
+                        n.WARM_POOL_SANDBOX not in (sandbox["metadata"].get("labels") or {}):
+                    return None  # another claim has it
+        return None
+
+    def _candidates(self, claim: dict, pool: dict, template: dict) -> list[str]:
+        ns = claim["metadata"]["namespace"]
+        pool_hash = n.name_hash(pool["metadata"]["name"])
+        template_ref = n.name_hash(template["metadata"]["name"])
+        recreate = (pool["spec"].get("updateStrategy") or {}).get("type") == "Recreate"
+        options = []
+        for sandbox in self.ctx.sandboxes.by_index("pool", pool_hash):
+            smeta = sandbox["metadata"]
+            key = (smeta["namespace"], smeta["name"])
+            ref = controller_of(sandbox)
+            if smeta["namespace"] != ns or key in self.reserved or ref is None or \
+                    ref.get("uid") != pool["metadata"]["uid"] or \
+                    not logic.adoptable(sandbox, pool_hash, template_ref):
+                continue
+            if recreate and is_stale(sandbox, template, self.ctx.settings.public_nameservers):
+                continue
+            status = sandbox.get("status") or {}
+            options.append(Candidate(smeta["name"], is_ready(sandbox), bool(status.get("podIPs")),
+                                     status.get("nodeName", ""),
+                                     self.ctx.sandboxes.first_seen.get(key, 0)))
+        return logic.choose_candidates(options, self.ctx.settings.adoption_candidates,
+                                       adopt_unready=self.ctx.settings.adopt_unready)
+
+    async def _adopt_warm(self, claim: dict, pool: dict, template: dict) -> dict | None:
+        ns, uid = claim["metadata"]["namespace"], claim["metadata"]["uid"]
+        for name in self._candidates(claim, pool, template):
+            key = (ns, name)
+            self.reserved[key] = uid
+            adopted = None
+            try:
+                try:
+                    claim = await self._annotate(claim, name)
+                except Conflict:
+                    fresh = await self.ctx.kube.get(CLAIMS, ns, claim["metadata"]["name"])
+                    other = (fresh["metadata"].get("annotations") or {}).get(
+                        n.SANDBOX_NAME_ANNOTATION)
+                    if other:  # a rival controller chose first: follow its choice
+                        adopted = await self._resume(fresh, other)
+                        if adopted is not None:
+                            return adopted
+                    claim = await self._annotate(fresh, name)
+                sandbox = self.ctx.sandboxes.get(ns, name)
+                if sandbox is not None:
+                    adopted = await self._transfer(claim, sandbox)
+                if adopted is not None:
+                    log.debug("claim %s/%s adopted %s", ns, claim["metadata"]["name"], name)
+                    return adopted
+            finally:
+                if adopted is None:
+                    self.reserved.pop(key, None)
+        return None
+
+    def _maybe_wait(self, claim: dict, pool: dict) -> None:
+        """With no Ready member, wait a little for the refilling pool before going cold."""
+        if int(pool["spec"].get("replicas", 1)) <= 0:
+            return
+        started = self.first_seen.get(claim["metadata"]["uid"])
+        now = asyncio.get_running_loop().time()
+        if started is None:
+            started = self.first_seen.setdefault(claim["metadata"]["uid"], now)
+        remaining = self.ctx.settings.warm_wait - (now - started)
+        if remaining <= 0:
+            return
+        pool_key = (pool["metadata"]["namespace"], pool["metadata"]["name"])
+        waiting = self.waiters.setdefault(pool_key, deque())
+        key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
+        if key not in waiting:
+            waiting.append(key)
+        raise _Wait(remaining)
+
+    async def _create_cold(self, claim: dict, template: dict) -> dict:
+        meta = claim["metadata"]
+        body = logic.cold_sandbox(claim, template, self.ctx.settings.public_nameservers)
+        try:
+            return await self.ctx.kube.create(SANDBOXES, meta["namespace"], body)
+        except AlreadyExists:
+            sandbox = await self.ctx.kube.get(SANDBOXES, meta["namespace"], meta["name"])
+            if is_controlled_by(sandbox, claim):
+                return sandbox
+            raise ClaimRejected("ReconcilerError",
+                                f"Sandbox {meta['name']} exists and is not owned by this claim"
+                                ) from None
+
+    # -- expiry -----------------------------------------------------------------------------
+
+    async def _expire(self, claim: dict) -> None:
+        meta = claim["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if not logic.is_expired_marked(claim):
+            await self._write(claim, logic.failed_status(
+                claim, "ClaimExpired", "the claim reached its shutdown time", cond.now(),
+                keep_sandbox=False))
+        policy = (claim["spec"].get("lifecycle") or {}).get("shutdownPolicy", "Retain")
+        if policy in ("Delete", "DeleteForeground"):
+            propagation = "Foreground" if policy == "DeleteForeground" else "Background"
+            log.info("claim %s/%s expired; deleting it (%s)", ns, name, policy)
+            await self.ctx.kube.delete(CLAIMS, ns, name, uid=meta["uid"], propagation=propagation)
+            return
+        for sandbox in self.ctx.sandboxes.by_index("owner", meta["uid"]):
+            try:
+                await self.ctx.kube.delete(SANDBOXES, ns, sandbox["metadata"]["name"],
+                                           uid=sandbox["metadata"]["uid"])
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise

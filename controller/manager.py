@@ -1,0 +1,262 @@
+"""The controller: caches, queues and reconcilers wired together, under leader election.
+
+While this replica leads, it runs one informer per resource, one work queue per kind and the
+four reconcilers; informer handlers only map events to queue keys. When leadership is lost
+everything is stopped and dropped (caches, reservations, expectations), and the replica
+campaigns again; a new term starts from a fresh list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from controller import conditions as cond
+from controller import naming as n
+from controller.claim import ClaimReconciler
+from controller.context import Context
+from controller.expectations import Expectations
+from controller.informer import Informer, key_of
+from controller.leader import LeaderElector
+from controller.metrics import Metrics
+from controller.resources import CLAIMS, PODS, SANDBOXES, SERVICES, TEMPLATES, WARMPOOLS
+from controller.sandbox import SandboxReconciler
+from controller.sandbox_logic import controller_of
+from controller.settings import Settings
+from controller.template import TemplateReconciler
+from controller.warmpool import WarmPoolReconciler, pool_key_of_member
+from controller.warmpool_logic import is_ready
+from controller.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+def _owner_uid(obj: dict) -> list[str]:
+    ref = controller_of(obj)
+    return [ref["uid"]] if ref and ref.get("uid") else []
+
+
+def _pool_label(obj: dict) -> list[str]:
+    value = (obj["metadata"].get("labels") or {}).get(n.WARM_POOL_SANDBOX)
+    return [value] if value else []
+
+
+def _claim_pool(obj: dict) -> list[str]:
+    ref = (obj.get("spec") or {}).get("warmPoolRef") or {}
+    return [f"{obj['metadata'].get('namespace')}/{ref['name']}"] if ref.get("name") else []
+
+
+def _meta_or_spec_changed(old: dict | None, new: dict | None) -> bool:
+    """False for status-only updates (our own status writes), which need no reconcile."""
+    if old is None or new is None:
+        return True
+    a, b = old["metadata"], new["metadata"]
+    return a.get("generation") != b.get("generation") or a.get("labels") != b.get("labels") \
+        or a.get("annotations") != b.get("annotations") \
+        or a.get("deletionTimestamp") != b.get("deletionTimestamp") \
+        or a.get("ownerReferences") != b.get("ownerReferences")
+
+
+def _claim_relevant(old: dict | None, new: dict | None) -> bool:
+    """Sandbox changes a claim reports: existence, ownership, podIPs, Ready and Finished."""
+    if old is None or new is None:
+        return True
+    so, sn = old.get("status") or {}, new.get("status") or {}
+    return so.get("podIPs") != sn.get("podIPs") or \
+        controller_of(old) != controller_of(new) or any(
+            cond.find(so.get("conditions"), t) != cond.find(sn.get("conditions"), t)
+            for t in ("Ready", "Finished"))
+
+
+class Controller:
+    """`async with Controller(kube, settings):` runs the controller until the block ends."""
+
+    def __init__(self, kube: Any, settings: Settings | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.kube = kube
+        self.settings = settings or Settings()
+        self.metrics = metrics or Metrics()
+        identity = self.settings.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.identity = identity
+        self.elector = LeaderElector(
+            kube, self.settings.lease_namespace, self.settings.lease_name, identity,
+            lease_duration=self.settings.lease_duration,
+            renew_deadline=self.settings.renew_deadline, retry_period=self.settings.retry_period)
+        self.ctx: Context | None = None
+        self.leading = asyncio.Event()
+        self.terms = 0
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Controller:
+        self._task = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        """Campaign, lead, and campaign again after a lost term; until cancelled."""
+        try:
+            while True:
+                if self.settings.leader_election:
+                    await self.elector.acquire()
+                self.metrics.leader.set(1)
+                try:
+                    await self._start_term()
+                    if self.settings.leader_election:
+                        await self.elector.hold()
+                    else:
+                        await asyncio.Event().wait()
+                finally:
+                    self.metrics.leader.set(0)
+                    await self._stop_term()
+        finally:
+            if self.settings.leader_election:
+                await asyncio.shield(self.elector.release())
+
+    # -- one term of leadership -------------------------------------------------------------
+
+    async def _start_term(self) -> None:
+        s = self.settings
+        namespaces = list(s.namespaces) or None
+
+        def informer(res: Any, selector: str | None = None) -> Informer:
+            return Informer(self.kube, res, namespaces, label_selector=selector, resync=s.resync,
+                            watch_timeout=s.watch_timeout)
+
+        ctx = Context(
+            kube=self.kube, settings=s, metrics=self.metrics,
+            sandboxes=informer(SANDBOXES), pods=informer(PODS, n.SANDBOX_NAME_HASH),
+            services=informer(SERVICES, n.SANDBOX_NAME_HASH), claims=informer(CLAIMS),
+            pools=informer(WARMPOOLS), templates=informer(TEMPLATES),
+            expectations=Expectations(s.expectations_timeout))
+        ctx.sandboxes.add_index("pool", _pool_label)
+        ctx.sandboxes.add_index("owner", _owner_uid)
+        ctx.pods.add_index("owner", _owner_uid)
+        ctx.claims.add_index("pool", _claim_pool)
+        self.sandbox_reconciler = SandboxReconciler(ctx)
+        self.pool_reconciler = WarmPoolReconciler(ctx)
+        self.claim_reconciler = ClaimReconciler(ctx)
+        self.template_reconciler = TemplateReconciler(ctx)
+        for kind, reconciler, workers in (
+                ("sandbox", self.sandbox_reconciler, s.sandbox_workers),
+                ("pool", self.pool_reconciler, s.pool_workers),
+                ("claim", self.claim_reconciler, s.claim_workers),
+                ("template", self.template_reconciler, s.template_workers)):
+            ctx.queues[kind] = WorkQueue(kind, reconciler.reconcile, workers,
+                                         on_error=self.metrics.error)
+        self.ctx = ctx
+        self._wire(ctx)
+        self.terms += 1
+        informers = (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims)
+        await asyncio.gather(*(inf.start() for inf in informers))
+        for queue in ctx.queues.values():
+            await queue.start()
+        self.leading.set()
+        log.info("controller %s is reconciling (term %d)", self.identity, self.terms)
+
+    async def _stop_term(self) -> None:
+        self.leading.clear()
+        ctx = self.ctx
+        if ctx is None:
+            return
+        for queue in ctx.queues.values():
+            await queue.stop()
+        for inf in (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims):
+            await inf.stop()
+        self.ctx = None
+
+    def _wire(self, ctx: Context) -> None:
+        loop = asyncio.get_running_loop()
+        claims = self.claim_reconciler
+
+        def on_sandbox(old: dict | None, new: dict | None) -> None:
+            obj = new or old
+            assert obj is not None
+            ns, name = key_of(obj)
+            if new is not None:
+                ctx.enqueue("sandbox", ns, name)
+            else:
+                self.sandbox_reconciler.forget(obj["metadata"]["uid"])
+            old_pool = pool_key_of_member(old) if old is not None else None
+            new_pool = pool_key_of_member(new) if new is not None else None
+            if new_pool is not None and old is None:
+                ctx.expectations.observe_create(new_pool, name)
+            if old_pool is not None and new is None:
+                ctx.expectations.observe_delete(old_pool, name)
+            if new is None or new_pool is None:
+                claims.release((ns, name))
+            for pool in {old_pool, new_pool} - {None}:
+                ctx.enqueue("pool", *pool)
+            if new_pool is not None and is_ready(new) and (old is None or not is_ready(old)):
+                claims.wake_one(new_pool)
+            ref = controller_of(obj)
+            if ref is not None and ref.get("kind") == "SandboxClaim" and \
+                    (_claim_relevant(old, new) or controller_of(old or {}) != ref):
+                ctx.enqueue("claim", ns, ref["name"])
+
+        def on_owned(old: dict | None, new: dict | None) -> None:  # pods and services
+            obj = new or old
+            assert obj is not None
+            ref = controller_of(obj)
+            ns, name = key_of(obj)
+            if ref is None:
+                ctx.enqueue("sandbox", ns, name)
+            elif ref.get("kind") == "Sandbox":
+                ctx.enqueue("sandbox", ns, ref["name"])
+
+        def on_claim(old: dict | None, new: dict | None) -> None:
+            if new is None:
+                assert old is not None
+                claims.forget(old)
+                return
+            if old is None:
+                claims.observe(new, loop.time())
+            if _meta_or_spec_changed(old, new):
+                ctx.enqueue("claim", *key_of(new))
+
+        def on_pool(old: dict | None, new: dict | None) -> None:
+            obj = new or old
+            assert obj is not None
+            if not _meta_or_spec_changed(old, new):
+                return
+            ns, name = key_of(obj)
+            ctx.enqueue("pool", ns, name)
+            for claim in ctx.claims.by_index("pool", f"{ns}/{name}"):
+                if not (claim.get("status") or {}).get("sandbox"):
+                    ctx.enqueue("claim", *key_of(claim))
+
+        def on_template(old: dict | None, new: dict | None) -> None:
+            obj = new or old
+            assert obj is not None
+            if not _meta_or_spec_changed(old, new):
+                return
+            ns, name = key_of(obj)
+            if new is not None:
+                ctx.enqueue("template", ns, name)
+            for pool in ctx.pools.list(ns):
+                if pool["spec"]["sandboxTemplateRef"]["name"] == name:
+                    on_pool(None, pool)
+
+        ctx.sandboxes.add_handler(on_sandbox)
+        ctx.pods.add_handler(on_owned)
+        ctx.services.add_handler(on_owned)
+        ctx.claims.add_handler(on_claim)
+        ctx.pools.add_handler(on_pool)
+        ctx.templates.add_handler(on_template)
+
+
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
