@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The sandboxes' own Python (kernel, PicoD, numpy/pandas/matplotlib), apart from the gateway's.
+SANDBOX_VENV ?= .sandbox-venv
 SYSTEM_PACKAGES := bubblewrap redis-server
 HOST ?= 127.0.0.1
 PORT ?= 8888
@@ -11,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps run test bench lint clean
 
-install: system-deps $(VENV)/.installed
+install: system-deps $(VENV)/.installed $(SANDBOX_VENV)/.installed
 
 # apt packages the sandboxes and the tests need; installed only when missing and we are root.
 system-deps:
@@ -33,6 +35,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+$(SANDBOX_VENV)/.installed: sandbox-requirements.txt
+	@test -x $(SANDBOX_VENV)/bin/python || $(PYTHON) -m venv $(SANDBOX_VENV)
+	$(SANDBOX_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SANDBOX_VENV)/bin/python -m pip install -q -r sandbox-requirements.txt
+	@touch $@
+
 run: install
 	$(VENV)/bin/kernelcube --ip $(HOST) --port $(PORT)
 
@@ -46,4 +54,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SANDBOX_VENV) build *.egg-info .pytest_cache

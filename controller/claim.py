@@ -19,6 +19,7 @@ from controller import naming as n
 from controller.claim_logic import Candidate, ClaimRejected
 from controller.context import Context
 from controller.errors import AlreadyExists, ApiError, Conflict, NotFound
+from controller.memo import StatusMemo
 from controller.resources import CLAIMS, SANDBOXES
 from controller.sandbox_logic import controller_of, is_controlled_by, status_patch
 from controller.warmpool_logic import is_ready, is_stale
@@ -41,6 +42,7 @@ class ClaimReconciler:
         self.waiters: dict[tuple[str, str], deque] = {}  # pool key -> claim keys
         self.first_seen: dict[str, float] = {}  # claim uid -> loop time first observed
         self.reported: set[str] = set()
+        self.memo = StatusMemo()
 
     # -- hooks called from informer handlers ------------------------------------------------
 
@@ -51,6 +53,7 @@ class ClaimReconciler:
         uid = claim["metadata"]["uid"]
         self.first_seen.pop(uid, None)
         self.reported.discard(uid)
+        self.memo.forget(uid)
 
     def release(self, sandbox_key: tuple[str, str]) -> None:
         self.reserved.pop(sandbox_key, None)
@@ -95,14 +98,15 @@ class ClaimReconciler:
         return None
 
     async def _write(self, claim: dict, status: dict) -> None:
-        patch = status_patch(claim.get("status"), status)
+        patch = status_patch(self.memo.current(claim), status)
         if patch is None:
             return
         meta = claim["metadata"]
         try:
             await self.ctx.kube.patch_status(CLAIMS, meta["namespace"], meta["name"], patch)
         except NotFound:
-            pass  # deleted meanwhile
+            return  # deleted meanwhile
+        self.memo.record(claim, status)
 
     def _report(self, claim: dict, sandbox: dict, status: dict) -> None:
         uid = claim["metadata"]["uid"]

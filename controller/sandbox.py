@@ -13,6 +13,7 @@ from controller import naming as n
 from controller import sandbox_logic as logic
 from controller.context import Context
 from controller.errors import AlreadyExists, NotFound
+from controller.memo import StatusMemo
 from controller.resources import PODS, PVCS, SANDBOXES, SERVICES
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,21 @@ class SandboxReconciler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._pvcs_done: set[str] = set()  # sandbox uids whose PVCs exist
+        self.memo = StatusMemo()
 
     async def reconcile(self, key: tuple[str, str]) -> float | None:
         sandbox = self.ctx.sandboxes.get(*key)
         if sandbox is None or sandbox["metadata"].get("deletionTimestamp"):
             return None
+        try:
+            return await self._reconcile(sandbox)
+        except NotFound as exc:
+            # Deleted under us (the cache has not seen it yet): its DELETED event ends this.
+            log.debug("sandbox %s/%s: %s", *key, exc)
+            return None
+
+    async def _reconcile(self, sandbox: dict) -> float | None:
+        key = (sandbox["metadata"]["namespace"], sandbox["metadata"]["name"])
         now = cond.now()
         deadline = logic.shutdown_at(sandbox)
         if deadline is not None and deadline <= now:
@@ -59,12 +70,13 @@ class SandboxReconciler:
 
         has_service, service_ok = await self._reconcile_service(sandbox)
         status = logic.compute_status(
-            sandbox, pod, service_ok=service_ok, has_service=has_service,
+            sandbox | {"status": self.memo.current(sandbox) or {}}, pod, service_ok=service_ok, has_service=has_service,
             cluster_domain=self.ctx.settings.cluster_domain, when=now, error=error,
             multiple_pods=multiple)
-        patch = logic.status_patch(sandbox.get("status"), status)
+        patch = logic.status_patch(self.memo.current(sandbox), status)
         if patch is not None:
             await self.ctx.kube.patch_status(SANDBOXES, key[0], key[1], patch)
+            self.memo.record(sandbox, status)
         if deadline is not None:
             return max(0.05, (deadline - cond.now()).total_seconds())
         return None
@@ -172,3 +184,4 @@ class SandboxReconciler:
 
     def forget(self, uid: str) -> None:
         self._pvcs_done.discard(uid)
+        self.memo.forget(uid)

@@ -10,7 +10,7 @@ warm-pool logic depend on.
 Served: core `pods`, `services`, `persistentvolumeclaims`, `events`; `networkpolicies`, `leases`;
 and every custom resource of the CRD manifests given (their schemas are enforced).
 Knobs for tests: `watch_delay` (an informer that lags), `compact()` (forces 410 on resume),
-`close_watches()` (drops every stream), and `requests` (a count per verb and resource).
+`close_watches()` (drops every stream), and `requests` (a count per verb and resource) and `statuses` (per verb, resource and code).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class FakeApiServer:
         self.store = Store(CORE + crd_resources(list(crds)), history=history)
         self.watch_delay = watch_delay
         self.requests: collections.Counter = collections.Counter()
+        self.statuses: collections.Counter = collections.Counter()  # (verb, plural, code)
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue] = set()
@@ -125,11 +126,13 @@ class FakeApiServer:
         raise KeyError(plural)
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict]:
-        return self.store.list(self.info(plural), namespace)
+        """Copies of the stored objects of a resource (for assertions)."""
+        return json.loads(dumps(self.store.list(self.info(plural), namespace)))
 
     def get(self, plural: str, namespace: str | None, name: str) -> dict | None:
+        """A copy of one stored object, or None."""
         try:
-            return self.store.get(self.info(plural), namespace, name)
+            return json.loads(dumps(self.store.get(self.info(plural), namespace, name)))
         except StoreError:
             return None
 
@@ -139,6 +142,13 @@ class FakeApiServer:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._serve(request)
+        match = _PATH.match(request.path)
+        plural = match["plural"] if match else ""
+        self.statuses[(request.method, plural, response.status)] += 1
+        return response
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         match = _PATH.match(request.path)
         if match is None:
             return _error(StoreError(404, "NotFound", f"no route for {request.path}"))

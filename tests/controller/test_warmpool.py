@@ -101,7 +101,9 @@ async def test_members_stuck_unready_are_replaced(cluster, make_controller):
     await make_controller(readiness_grace=0.4)
     cluster.kubelet.hold = True
     await setup_pool(cluster, replicas=2)
-    await h.wait_for(lambda: len(members(cluster)) == 2, 5)
+    await h.wait_for(lambda: len(members(cluster)) == 2 and all(
+        (cluster.api.get("pods", h.NS, sb["metadata"]["name"]) or {}).get("status", {}).get(
+            "phase") == "Pending" for sb in members(cluster)), 5, "pods started, never Ready")
     first = {sb["metadata"]["name"] for sb in members(cluster)}
     cluster.kubelet.hold = False
     await h.wait_for(lambda: len(ready_members(cluster)) == 2, 5, "replacements Ready")

@@ -1,0 +1,1 @@
+"""The gateway's HTTP faces: AgentCube Router and Workload Manager, the execute API, health."""

@@ -1,0 +1,178 @@
+"""The base handler every face shares: body limit, token auth, translated errors.
+
+Each face subclasses it and says, in `error_body`, how its dialect spells an error. Faults
+raised anywhere below (unknown session, store down, sandbox gone, ...) are translated here in
+one place, so no handler repeats an error dict and no body ever carries a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from ..picod_client import PicodUnreachable
+from ..pool import CapacityExhausted
+from ..sessions import SandboxGone, SessionError, UnknownSession, UnknownTemplate
+from ..store.base import StoreUnavailable
+
+
+class GatewayError(web.HTTPError):
+    """A refusal: HTTP status, a machine-readable code and a sentence saying what to do."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(status)
+        self.code = code
+        self.message = message
+        self.extra_headers = headers or {}
+
+
+def translate(exc: BaseException) -> GatewayError | None:
+    """The GatewayError for a fault raised below the handlers, or None for a bug (500)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, UnknownSession):
+        return GatewayError(404, "SESSION_NOT_FOUND", str(exc))
+    if isinstance(exc, UnknownTemplate):
+        return GatewayError(404, "TEMPLATE_NOT_FOUND", str(exc))
+    if isinstance(exc, SandboxGone):
+        return GatewayError(410, "SANDBOX_GONE", str(exc))
+    if isinstance(exc, PicodUnreachable):
+        if "in time" in str(exc):
+            return GatewayError(504, "SANDBOX_TIMEOUT", f"the session's sandbox timed out: {exc}")
+        return GatewayError(502, "SANDBOX_UNREACHABLE", f"the session's sandbox is unreachable: {exc}")
+    if isinstance(exc, StoreUnavailable):
+        return GatewayError(503, "STORE_UNAVAILABLE", f"{exc}; retry shortly", {"Retry-After": "2"})
+    if isinstance(exc, CapacityExhausted):
+        return GatewayError(503, "CAPACITY_EXHAUSTED", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, SessionError):
+        return GatewayError(400, "BAD_REQUEST", str(exc))
+    return None
+
+
+@web.stream_request_body
+class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
+    """Auth is the gateway token (`Authorization: token|Bearer <t>` or `?token=`), never a
+    cookie, so there is no cross-site request to forge and the XSRF check is off."""
+
+    requires_token = True
+
+    def initialize(self, name: str | None = None, *args, **kwargs) -> None:
+        super().initialize(name, *args, **kwargs)
+        self._body = bytearray()
+        self._too_large = False
+
+    @property
+    def gateway(self):
+        return self.extensionapp
+
+    @property
+    def sessions(self):
+        return self.extensionapp.sessions
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    async def prepare(self) -> None:
+        stream = self.request.connection.stream if self.request.connection else None
+        if stream is not None and not stream.closed():
+            stream.set_nodelay(True)
+        await super().prepare()
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.gateway.max_body_bytes:
+            raise self.too_large()
+        if self.requires_token and not self.token_ok():
+            raise GatewayError(401, "UNAUTHORIZED", "a valid gateway token is required: send "
+                               "'Authorization: token <token>' (or Bearer), or ?token=<token>")
+
+    def token_ok(self) -> bool:
+        expected = self.gateway.token
+        if not expected:
+            return True  # auth disabled: the gateway then listens on loopback only
+        given = self.identity_provider.get_token(self) or ""
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def too_large(self) -> GatewayError:
+        return GatewayError(413, "BODY_TOO_LARGE", f"the request body is larger than "
+                            f"{self.gateway.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return
+        if len(self._body) + len(chunk) > self.gateway.max_body_bytes:
+            self._too_large = True
+            self._body = bytearray()
+            return
+        self._body += chunk
+
+    @property
+    def body(self) -> bytes:
+        if self._too_large:
+            raise self.too_large()
+        return bytes(self._body)
+
+    def json_body(self, required: bool = True) -> dict:
+        raw = self.body
+        if not raw.strip():
+            if required:
+                raise GatewayError(400, "BAD_REQUEST", "the request needs a JSON object body")
+            return {}
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GatewayError(400, "BAD_REQUEST", f"malformed JSON body: {exc}") from None
+        if not isinstance(value, dict):
+            raise GatewayError(400, "BAD_REQUEST", f"the body must be a JSON object, not {type(value).__name__}")
+        return value
+
+    def write_json(self, value, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def error_body(self, status: int, code: str, message: str) -> dict:
+        """This face's error dialect. Default: {"error", "code"}."""
+        return {"error": message, "code": code}
+
+    def log_exception(self, typ, value, tb) -> None:
+        error = translate(value) if value is not None else None
+        if error is not None and error.status_code < 500:
+            self.log.info("%s %s -> %d %s", self.request.method, self.request.path, error.status_code, error.message)
+        elif error is not None:
+            self.log.warning("%s %s -> %d %s", self.request.method, self.request.path, error.status_code, error.message)
+        elif isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)
+        else:
+            self.log.error("unexpected error in %s %s", self.request.method, self.request.path,
+                           exc_info=(typ, value, tb))
+
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = translate(exc) if exc is not None else None
+        if error is not None:
+            status_code = error.status_code
+            kwargs["exc_info"] = (type(error), error, None)
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            for name, value in exc.extra_headers.items():
+                self.set_header(name, value)
+            code, message = exc.code, exc.message
+        elif isinstance(exc, web.HTTPError):
+            code, message = "HTTP_ERROR", exc.log_message or self._reason
+        else:
+            code, message = "INTERNAL_ERROR", "internal server error"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.error_body(status_code, code, message)))
+
+
+async def with_timeout(awaitable, timeout: float | None):
+    return await asyncio.wait_for(awaitable, timeout) if timeout else await awaitable

@@ -1,0 +1,203 @@
+"""KernelCube's own HTTP execute API: `/v1/sessions`, `/v1/execute` (JSON or NDJSON) and files.
+
+Python runs in the session's live kernel, so state persists between calls; `bash` runs as one
+command in the sandbox. Without a `session_id` a session is created and kept, so the next call
+can reuse it (the idle timeout applies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from urllib.parse import quote
+
+import aiohttp
+
+from .base import GatewayError, GatewayHandler
+
+NDJSON = "application/x-ndjson"
+LANGUAGES = ("python", "bash")
+SESSION_HEADER = "X-Session-Id"
+
+
+def _number(body: dict, key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise GatewayError(400, "BAD_REQUEST", f"'{key}' must be a positive number of seconds")
+    return float(value)
+
+
+def _string_map(body: dict, key: str) -> dict:
+    value = body.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise GatewayError(400, "BAD_REQUEST", f"'{key}' must be an object mapping strings to strings")
+    return value
+
+
+class SessionsHandler(GatewayHandler):
+    """POST creates a session (201 + Location); GET lists them."""
+
+    async def post(self) -> None:
+        body = self.json_body(required=False)
+        template = body.get("template", "default")
+        if not isinstance(template, str):
+            raise GatewayError(400, "BAD_REQUEST", "'template' must be a string")
+        timeout = _number(body, "timeout") or self.gateway.claim_timeout
+        record = await self.sessions.create(template, timeout=timeout)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}/v1/sessions/{record.session_id}")
+        self.set_header(SESSION_HEADER, record.session_id)
+        self.write_json({"session_id": record.session_id, "template": record.template,
+                         "created_at": record.created_at, "expires_at": record.expires_at}, 201)
+
+    async def get(self) -> None:
+        self.write_json({"sessions": [r.public() for r in await self.sessions.list()]})
+
+
+class SessionHandler(GatewayHandler):
+    async def get(self, session_id: str) -> None:
+        self.write_json((await self.sessions.get(session_id)).public())
+
+    async def delete(self, session_id: str) -> None:
+        await self.sessions.delete(session_id)
+        self.set_status(204)
+        self.finish()
+
+
+class ExecuteHandler(GatewayHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        code = body.get("code")
+        if not isinstance(code, str):
+            raise GatewayError(400, "BAD_REQUEST", "'code' is required and must be a string")
+        language = body.get("language", "python")
+        if language not in LANGUAGES:
+            raise GatewayError(400, "BAD_REQUEST", f"'language' must be one of {LANGUAGES}, not {language!r}")
+        timeout = _number(body, "timeout") or self.gateway.execute_timeout
+        env = _string_map(body, "env")
+        session_id = body.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            raise GatewayError(400, "BAD_REQUEST", "'session_id' must be a string")
+        if not session_id:
+            template = body.get("template", "default")
+            session_id = (await self.sessions.create(template, timeout=self.gateway.claim_timeout)).session_id
+        self.set_header(SESSION_HEADER, session_id)
+        stream = NDJSON in self.request.headers.get("Accept", "")
+        started = time.perf_counter()
+        async with self.sessions.use(session_id) as session:
+            if language == "python":
+                await self._python(session, code, timeout, env, stream)
+            else:
+                await self._bash(session, code, timeout, env, stream)
+        self.gateway.metrics.execute_seconds.labels("execute", language).observe(time.perf_counter() - started)
+
+    async def _python(self, session, code: str, timeout: float, env: dict, stream: bool) -> None:
+        payload = json.dumps({"code": code, "timeout": timeout, "env": env}).encode()
+        headers = {"Content-Type": "application/json", "Accept": NDJSON if stream else "application/json"}
+        response = await session.client.request("POST", "/api/run", token=session.token, headers=headers,
+                                                data=payload, timeout=timeout + 30)
+        async with response:
+            if response.status != 200:
+                raise _picod_error(response.status, await response.read())
+            if not stream:
+                result = json.loads(await response.read())
+                self.write_json({"session_id": session.record.session_id, **result})
+                return
+            self.set_header("Content-Type", NDJSON)
+            self.set_header("Cache-Control", "no-cache")
+            async for line in response.content:
+                event = json.loads(line)
+                if event.get("type") == "start":
+                    event["session_id"] = session.record.session_id
+                self.write(json.dumps(event) + "\n")
+                await self.flush()
+        self.finish()
+
+    async def _bash(self, session, code: str, timeout: float, env: dict, stream: bool) -> None:
+        started = time.perf_counter()
+        status, result = await session.client.call_json(
+            "POST", "/api/execute", {"command": ["bash", "-c", code], "timeout": f"{timeout}s", "env": env},
+            token=session.token, timeout=timeout + 30)
+        if status != 200:
+            raise _picod_error(status, json.dumps(result).encode())
+        execution = _command_execution(session.record.session_id, result, time.perf_counter() - started)
+        if not stream:
+            self.write_json(execution)
+            return
+        self.set_header("Content-Type", NDJSON)
+        events = [{"type": "start", "session_id": execution["session_id"], "execution_count": None}]
+        events += [{"type": name, "text": execution[name]} for name in ("stdout", "stderr") if execution[name]]
+        if execution["error"]:
+            events.append({"type": "error", **execution["error"]})
+        events.append({"type": "end", "status": execution["status"], "exit_code": execution["exit_code"],
+                       "duration_ms": execution["duration_ms"]})
+        self.finish("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _command_execution(session_id: str, result: dict, seconds: float) -> dict:
+    """A PicoD command result in the Execution shape (plus `exit_code`)."""
+    code = result["exit_code"]
+    status = "ok" if code == 0 else "timeout" if code == 124 else "error"
+    error = None if code == 0 else {"name": "CommandTimedOut" if code == 124 else "CommandFailed",
+                                    "value": f"exit code {code}", "traceback": []}
+    return {"session_id": session_id, "execution_count": None, "status": status, "stdout": result["stdout"],
+            "stderr": result["stderr"], "results": [], "error": error, "exit_code": code,
+            "duration_ms": round(seconds * 1000, 3)}
+
+
+def _picod_error(status: int, raw: bytes) -> GatewayError:
+    try:
+        message = json.loads(raw).get("error", "")
+    except (ValueError, AttributeError):
+        message = raw.decode("utf-8", "replace")[:300]
+    if status == 503:
+        return GatewayError(503, "KERNEL_UNAVAILABLE", f"the session's kernel is not available: {message}",
+                            {"Retry-After": "2"})
+    if status == 404:
+        return GatewayError(404, "FILE_NOT_FOUND", message or "not found")
+    if 400 <= status < 500:
+        return GatewayError(400, "BAD_REQUEST", message)
+    return GatewayError(502, "SANDBOX_ERROR", f"the sandbox answered {status}: {message}")
+
+
+class FileHandler(GatewayHandler):
+    """PUT writes raw bytes to a path in the session's workspace; GET streams it back."""
+
+    async def put(self, session_id: str, path: str) -> None:
+        data = self.body
+        form = aiohttp.FormData()
+        form.add_field("path", path)
+        form.add_field("file", data, filename="upload", content_type="application/octet-stream")
+        async with self.sessions.use(session_id) as session:
+            response = await session.client.request("POST", "/api/files", token=session.token, data=form,
+                                                    timeout=120)
+            async with response:
+                raw = await response.read()
+        if response.status != 200:
+            raise _picod_error(response.status, raw)
+        self.write_json(json.loads(raw), 201)
+
+    async def get(self, session_id: str, path: str) -> None:
+        async with self.sessions.use(session_id) as session:
+            response = await session.client.request("GET", f"/api/files/{quote(path)}", token=session.token,
+                                                    timeout=300)
+            async with response:
+                if response.status != 200:
+                    raise _picod_error(response.status, await response.read())
+                for name in ("Content-Type", "Content-Length", "Last-Modified", "Content-Disposition"):
+                    if name in response.headers:
+                        self.set_header(name, response.headers[name])
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    self.write(chunk)
+                    await self.flush()
+        self.finish()
+
+
+default_handlers = [
+    (r"/v1/sessions", SessionsHandler),
+    (r"/v1/sessions/([^/]+)", SessionHandler),
+    (r"/v1/sessions/([^/]+)/files/(.+)", FileHandler),
+    (r"/v1/execute", ExecuteHandler),
+]

@@ -1,0 +1,50 @@
+"""Operators' endpoints: liveness, readiness and Prometheus metrics (no token needed)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..store.base import StoreUnavailable
+from .base import GatewayHandler
+
+
+class LiveHandler(GatewayHandler):
+    requires_token = False
+
+    def get(self) -> None:
+        self.write_json({"status": "alive"})
+
+
+class ReadyHandler(GatewayHandler):
+    """Ready when the store answers and every pool that should be warm has a ready sandbox."""
+
+    requires_token = False
+
+    async def get(self) -> None:
+        pools = {name: {"ready": len(pool.ready), "size": pool.template.pool_size, "creating": pool.creating}
+                 for name, pool in self.gateway.pools.items()}
+        problems = [f"pool {name!r} has no ready sandbox yet" for name, p in pools.items()
+                    if p["size"] > 0 and p["ready"] == 0]
+        try:
+            await self.gateway.store.ping()
+        except StoreUnavailable as exc:
+            problems.insert(0, str(exc))
+        if problems:
+            self.write_json({"status": "not ready", "error": "; ".join(problems), "pools": pools}, 503)
+        else:
+            self.write_json({"status": "ready", "pools": pools})
+
+
+class MetricsHandler(GatewayHandler):
+    requires_token = False
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.gateway.metrics.registry))
+
+
+default_handlers = [
+    (r"/health/live", LiveHandler),
+    (r"/health/ready", ReadyHandler),
+    (r"/metrics", MetricsHandler),
+]

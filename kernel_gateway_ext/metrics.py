@@ -1,0 +1,47 @@
+"""Prometheus metrics, in a registry per gateway (tests run several gateways in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sessions_created = Counter("kernelcube_sessions_created", "Sessions created",
+                                        ["template"], registry=self.registry)
+        self.sessions_ended = Counter("kernelcube_sessions_ended", "Sessions ended, by reason",
+                                      ["template", "reason"], registry=self.registry)
+        self.claim_seconds = Histogram("kernelcube_claim_seconds", "Time to claim a sandbox for a new session",
+                                       ["template", "path"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.execute_seconds = Histogram("kernelcube_execute_seconds", "Execute round trip through the gateway",
+                                         ["face", "language"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.sandbox_start_seconds = Histogram("kernelcube_sandbox_start_seconds",
+                                               "Time to start a sandbox until its kernel answered",
+                                               ["template"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.sandbox_start_failures = Counter("kernelcube_sandbox_start_failures",
+                                              "Sandboxes that failed to start", ["template"],
+                                              registry=self.registry)
+
+    def watch_pools(self, pools: dict) -> None:
+        self.registry.register(_PoolCollector(pools))
+
+
+class _PoolCollector:
+    """Pool depth read at scrape time, so the numbers are never stale."""
+
+    def __init__(self, pools: dict):
+        self.pools = pools
+
+    def collect(self):
+        ready = GaugeMetricFamily("kernelcube_pool_ready", "Ready sandboxes in the warm pool", labels=["template"])
+        creating = GaugeMetricFamily("kernelcube_pool_creating", "Sandboxes being started", labels=["template"])
+        waiting = GaugeMetricFamily("kernelcube_pool_waiters", "Claims waiting for a sandbox", labels=["template"])
+        for name, pool in self.pools.items():
+            ready.add_metric([name], len(pool.ready))
+            creating.add_metric([name], pool.creating)
+            waiting.add_metric([name], pool.waiting)
+        return [ready, creating, waiting]

@@ -1,0 +1,236 @@
+"""Local sandboxes: one PicoD process per sandbox, under bubblewrap (or bare, when isolation is
+explicitly `none`), reached over a Unix socket in the sandbox's run directory.
+
+Sandboxes run in sessions of their own and do not die with the gateway: with a persistent store
+a restarted gateway re-adopts the claimed ones, and `sweep` cleans whatever no session holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import picod_kernel
+
+from ..picod_client import PicodClient
+from ..templates import Template
+from . import bwrap
+from .base import Sandbox, SandboxProvider, SandboxStartError
+
+log = logging.getLogger("kernelcube.local")
+
+START_TIMEOUT = 60.0
+POLL_INTERVAL = 0.02
+
+
+class LocalProvider(SandboxProvider):
+    name = "local"
+
+    def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str):
+        self.root = os.path.join(state_dir, "sandboxes")
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self.public_pem = public_pem
+        self.isolation = isolation
+        self.python = python
+        self.picod_package = os.path.dirname(os.path.abspath(picod_kernel.__file__))
+        self.bwrap = bwrap.find_bwrap()
+        self._roots: dict[str, list[str]] = {}
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def _python_roots(self, python: str) -> list[str]:
+        """The directories a sandboxed interpreter needs read-only: its prefix and base prefix."""
+        if python not in self._roots:
+            out = subprocess.run([python, "-I", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+            roots = sorted({os.path.realpath(p) for p in out.split()} | {os.path.dirname(os.path.dirname(python))})
+            self._roots[python] = [r for r in roots if not r.startswith("/usr")]
+        return self._roots[python]
+
+    def _argv(self, template: Template, python: str, workspace: str, run_dir: str) -> tuple[list[str], str]:
+        isolation = template.isolation or self.isolation
+        limits = bwrap.prlimit_argv(template.rlimits)
+        if isolation == "none":
+            socket = os.path.join(run_dir, bwrap.SOCKET_NAME)
+            return limits + bwrap.picod_bootstrap(python, socket, workspace, os.path.dirname(self.picod_package)), socket
+        if self.bwrap is None:
+            raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
+        roots = self._python_roots(python)
+        argv = bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
+        inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
+        argv += bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE)
+        return limits + argv, os.path.join(run_dir, bwrap.SOCKET_NAME)
+
+    def _environment(self, template: Template, sandbox_id: str, python: str) -> dict[str, str]:
+        path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
+        # Caches and profiles go to the private /tmp, keeping the workspace for the user's files.
+        return {"PATH": path, "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "IPYTHONDIR": "/tmp/.ipython",
+                "MPLCONFIGDIR": "/tmp/.matplotlib", **template.env,
+                "PICOD_AUTH_PUBLIC_KEY": self.public_pem, "PICOD_SANDBOX_ID": sandbox_id,
+                "PICOD_KERNEL_PYTHON": python}
+
+    async def create(self, template: Template) -> Sandbox:
+        sandbox_id = f"sb-{uuid.uuid4().hex[:12]}"
+        directory = os.path.join(self.root, sandbox_id)
+        workspace, run_dir = os.path.join(directory, "workspace"), os.path.join(directory, "run")
+        python = template.python or self.python
+        await asyncio.to_thread(_make_dirs, workspace, run_dir)
+        argv, socket = self._argv(template, python, workspace, run_dir)
+        log_path = os.path.join(directory, "picod.log")
+        with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=self._environment(template, sandbox_id, python), stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file, start_new_session=True, cwd=directory)
+        sandbox = Sandbox(sandbox_id, template.name, {"unix_socket": socket},
+                          {"pid": proc.pid, "dir": directory})
+        self._children[sandbox_id] = proc
+        try:
+            await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
+            await self._wait_ready(sandbox, proc, log_path)
+        except BaseException:
+            await self.destroy(sandbox)
+            raise
+        return sandbox
+
+    async def _wait_ready(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, log_path: str) -> None:
+        client = PicodClient(sandbox.endpoint)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if proc.returncode is not None:
+                    raise SandboxStartError(f"sandbox {sandbox.id} exited with {proc.returncode} while starting: "
+                                            f"{await _tail(log_path)}")
+                status, body = await client.health()  # 0 until the socket exists
+                if status == 200:
+                    return
+                if body.get("kernel") == "failed":
+                    raise SandboxStartError(f"sandbox {sandbox.id}: the kernel failed to start: "
+                                            f"{body.get('kernel_error')}")
+                await asyncio.sleep(POLL_INTERVAL)
+            raise SandboxStartError(f"sandbox {sandbox.id} was not ready within {START_TIMEOUT:.0f}s: "
+                                    f"{await _tail(log_path)}")
+        finally:
+            await client.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def destroy(self, sandbox: Sandbox) -> None:
+        pid = sandbox.handle.get("pid")
+        proc = self._children.pop(sandbox.id, None)
+        if pid and _is_ours(pid, sandbox.id):
+            _kill_tree(pid)
+        if proc is not None:
+            await proc.wait()
+        directory = sandbox.handle.get("dir")
+        if directory and os.path.dirname(directory) == self.root:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def is_alive(self, sandbox: Sandbox) -> bool:
+        proc = self._children.get(sandbox.id)
+        if proc is not None:
+            return proc.returncode is None
+        pid = sandbox.handle.get("pid")
+        return bool(pid) and _is_ours(pid, sandbox.id)
+
+    async def sweep(self, keep: set[str]) -> int:
+        names = await asyncio.to_thread(os.listdir, self.root)
+        swept = 0
+        for name in names:
+            if name in keep or name in self._children:
+                continue
+            record = await asyncio.to_thread(_read_json, os.path.join(self.root, name, "sandbox.json"))
+            sandbox = Sandbox.from_dict(record) if record else Sandbox(name, "", {}, {"dir": os.path.join(self.root, name)})
+            await self.destroy(sandbox)
+            swept += 1
+        if swept:
+            log.info("swept %d sandbox(es) that no session holds", swept)
+        return swept
+
+    async def close(self) -> None:
+        for sandbox_id, proc in list(self._children.items()):
+            log.warning("sandbox %s still running at close; killing it", sandbox_id)
+            _kill_tree(proc.pid)
+            await proc.wait()
+        self._children.clear()
+
+
+def _make_dirs(*paths: str) -> None:
+    for path in paths:
+        os.makedirs(path, mode=0o755)
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+async def _tail(path: str, lines: int = 5) -> str:
+    def read() -> str:
+        try:
+            with open(path, errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-lines:]) or "(no output)"
+        except OSError:
+            return "(no log)"
+    return await asyncio.to_thread(read)
+
+
+def _is_ours(pid: int, sandbox_id: str) -> bool:
+    """The pid still runs this sandbox (not a reused pid): its environment names the sandbox."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"PICOD_SANDBOX_ID={sandbox_id}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid, parents before children (the threads' children lists)."""
+    found, stack = [], [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            found += children
+            stack += children
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the sandbox's daemon first (so it restarts nothing), then everything below it.
+    Under bubblewrap, the namespace's init is among them and its death ends the namespace."""
+    targets = _descendants(pid)
+    _signal(pid, signal.SIGKILL)
+    for target in targets:
+        _signal(target, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
