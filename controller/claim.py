@@ -137,6 +137,12 @@ class ClaimReconciler:
             if not sandbox["metadata"].get("deletionTimestamp"):
                 return sandbox
 
+        same_name = self.ctx.sandboxes.get(ns, meta["name"])
+        if same_name is not None and not is_controlled_by(same_name, claim) and (
+                controller_of(same_name) is None or
+                controller_of(same_name).get("kind") != "SandboxWarmPool"):
+            raise ClaimRejected("ReconcilerError",
+                                f"Sandbox {meta['name']} exists and is not owned by this claim")
         chosen = (meta.get("annotations") or {}).get(n.SANDBOX_NAME_ANNOTATION)
         if chosen:
             found = await self._resume(claim, chosen)
@@ -144,15 +150,21 @@ class ClaimReconciler:
                 return found
             claim = await self._annotate(claim, None)
 
-        same_name = self.ctx.sandboxes.get(ns, meta["name"])
-        if same_name is not None:
-            if is_controlled_by(same_name, claim):
-                return same_name
-            if controller_of(same_name) is None or \
-                    controller_of(same_name).get("kind") != "SandboxWarmPool":
-                raise ClaimRejected("ReconcilerError",
-                                    f"Sandbox {meta['name']} exists and is not owned by this claim")
+        pool, template = self._resolve(claim)
+        logic.validate_pod_metadata(claim, template["spec"],
+                                    self.ctx.settings.allowed_label_domains)
+        if not logic.needs_cold_start(claim):
+            sandbox, contended = await self._adopt_warm(claim, pool, template)
+            if sandbox is not None:
+                return sandbox
+            self._maybe_wait(claim, pool, contended)
+        claim, followed = await self._lock(claim, meta["name"])
+        if followed is not None:
+            return followed
+        return await self._create_cold(claim, template)
 
+    def _resolve(self, claim: dict) -> tuple[dict, dict]:
+        ns = claim["metadata"]["namespace"]
         pool_name = claim["spec"]["warmPoolRef"]["name"]
         pool = self.ctx.pools.get(ns, pool_name)
         if pool is None:
@@ -161,32 +173,45 @@ class ClaimReconciler:
         template = self.ctx.templates.get(ns, template_name)
         if template is None:
             raise ClaimRejected("TemplateNotFound", f"SandboxTemplate {template_name} not found")
-        logic.validate_pod_metadata(claim, template["spec"],
-                                    self.ctx.settings.allowed_label_domains)
-        if not logic.needs_cold_start(claim):
-            sandbox = await self._adopt_warm(claim, pool, template)
-            if sandbox is not None:
-                return sandbox
-            self._maybe_wait(claim, pool)
-        return await self._create_cold(claim, template)
+        return pool, template
+
+    async def _lock(self, claim: dict, name: str) -> tuple[dict, dict | None]:
+        """Write our choice into the claim under its resourceVersion, before acting on it.
+
+        This is what keeps two controllers from binding one claim twice: if a rival wrote its
+        choice first (409), follow that choice when it can still be had; overwrite it only when
+        it cannot (the rival will fail on it too). Returns (the updated claim, None) when our
+        choice stands, or (the claim, the Sandbox we followed).
+        """
+        try:
+            return await self._annotate(claim, name), None
+        except Conflict:
+            meta = claim["metadata"]
+            claim = await self.ctx.kube.get(CLAIMS, meta["namespace"], meta["name"])
+        other = (claim["metadata"].get("annotations") or {}).get(n.SANDBOX_NAME_ANNOTATION)
+        if other:
+            followed = await self._resume(claim, other)
+            if followed is not None:
+                return claim, followed
+        return await self._annotate(claim, name), None
 
     async def _resume(self, claim: dict, name: str) -> dict | None:
-        """The claim names a Sandbox chosen earlier (perhaps by a crashed or rival controller):
-        finish that adoption if the Sandbox is still in the pool."""
+        """The claim names a Sandbox chosen earlier (by us before a restart, or by a rival):
+        finish that binding if it can still be had."""
         ns = claim["metadata"]["namespace"]
         sandbox = self.ctx.sandboxes.get(ns, name)
-        if sandbox is None:
+        if sandbox is None or not is_controlled_by(sandbox, claim):
             try:
                 sandbox = await self.ctx.kube.get(SANDBOXES, ns, name)
             except NotFound:
+                sandbox = None
+        if sandbox is None:
+            if name != claim["metadata"]["name"]:
                 return None
-        if is_controlled_by(sandbox, claim):
-            return sandbox
-        ref = controller_of(sandbox)
-        if ref is not None and ref.get("kind") == "SandboxWarmPool" and \
-                n.WARM_POOL_SANDBOX in (sandbox["metadata"].get("labels") or {}):
-            return await self._transfer(claim, sandbox)
-        return None
+            # A cold start was chosen: creating it is idempotent, whoever chose it.
+            _, template = self._resolve(claim)
+            return await self._create_cold(claim, template)
+        return await self._transfer(claim, sandbox)
 
     async def _annotate(self, claim: dict, name: str | None) -> dict:
         """Record the chosen Sandbox on the claim, under the claim's resourceVersion."""
@@ -197,9 +222,17 @@ class ClaimReconciler:
 
     async def _transfer(self, claim: dict, sandbox: dict) -> dict | None:
         """Hand the Sandbox to the claim under its resourceVersion; on 404/409 decide from an
-        authoritative read rather than switching candidates blindly."""
+        authoritative read rather than switching candidates blindly.
+
+        The patch is conditional on the very version checked to be a pool member here, so a
+        Sandbox another claim took in between is never taken from it.
+        """
         ns, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
         for _ in range(2):
+            if is_controlled_by(sandbox, claim):
+                return sandbox
+            if not _in_pool(sandbox):
+                return None  # another claim has it, or it left the pool
             try:
                 return await self.ctx.kube.patch(SANDBOXES, ns, name,
                                                  logic.adoption_patch(claim, sandbox))
@@ -208,12 +241,6 @@ class ClaimReconciler:
                     sandbox = await self.ctx.kube.get(SANDBOXES, ns, name)
                 except NotFound:
                     return None
-                if is_controlled_by(sandbox, claim):
-                    return sandbox
-                ref = controller_of(sandbox)
-                if ref is None or ref.get("kind") != "SandboxWarmPool" or \
-                        n.WARM_POOL_SANDBOX not in (sandbox["metadata"].get("labels") or {}):
-                    return None  # another claim has it
         return None
 
     def _candidates(self, claim: dict, pool: dict, template: dict) -> list[str]:
@@ -239,37 +266,34 @@ class ClaimReconciler:
         return logic.choose_candidates(options, self.ctx.settings.adoption_candidates,
                                        adopt_unready=self.ctx.settings.adopt_unready)
 
-    async def _adopt_warm(self, claim: dict, pool: dict, template: dict) -> dict | None:
+    async def _adopt_warm(self, claim: dict, pool: dict, template: dict
+                          ) -> tuple[dict | None, bool]:
+        """(the adopted Sandbox or None, whether candidates existed but were all lost)."""
         ns, uid = claim["metadata"]["namespace"], claim["metadata"]["uid"]
-        for name in self._candidates(claim, pool, template):
+        candidates = self._candidates(claim, pool, template)
+        for name in candidates:
             key = (ns, name)
             self.reserved[key] = uid
             adopted = None
             try:
-                try:
-                    claim = await self._annotate(claim, name)
-                except Conflict:
-                    fresh = await self.ctx.kube.get(CLAIMS, ns, claim["metadata"]["name"])
-                    other = (fresh["metadata"].get("annotations") or {}).get(
-                        n.SANDBOX_NAME_ANNOTATION)
-                    if other:  # a rival controller chose first: follow its choice
-                        adopted = await self._resume(fresh, other)
-                        if adopted is not None:
-                            return adopted
-                    claim = await self._annotate(fresh, name)
-                sandbox = self.ctx.sandboxes.get(ns, name)
-                if sandbox is not None:
-                    adopted = await self._transfer(claim, sandbox)
-                if adopted is not None:
-                    log.debug("claim %s/%s adopted %s", ns, claim["metadata"]["name"], name)
-                    return adopted
-            finally:
+                claim, adopted = await self._lock(claim, name)
                 if adopted is None:
+                    sandbox = self.ctx.sandboxes.get(ns, name)
+                    if sandbox is not None:
+                        adopted = await self._transfer(claim, sandbox)
+                if adopted is not None:
+                    log.debug("claim %s/%s adopted %s", ns, claim["metadata"]["name"],
+                              adopted["metadata"]["name"])
+                    return adopted, False
+            finally:
+                if adopted is None or adopted["metadata"]["name"] != name:
                     self.reserved.pop(key, None)
-        return None
+        return None, bool(candidates)
 
-    def _maybe_wait(self, claim: dict, pool: dict) -> None:
-        """With no Ready member, wait a little for the refilling pool before going cold."""
+    def _maybe_wait(self, claim: dict, pool: dict, contended: bool) -> None:
+        """With no Ready member, wait a little for the refilling pool before going cold; when
+        the members tried were all taken by rivals, look again as soon as the cache catches up.
+        """
         if int(pool["spec"].get("replicas", 1)) <= 0:
             return
         started = self.first_seen.get(claim["metadata"]["uid"])
@@ -279,6 +303,8 @@ class ClaimReconciler:
         remaining = self.ctx.settings.warm_wait - (now - started)
         if remaining <= 0:
             return
+        if contended:
+            raise _Wait(min(0.02, remaining))
         pool_key = (pool["metadata"]["namespace"], pool["metadata"]["name"])
         waiting = self.waiters.setdefault(pool_key, deque())
         key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
@@ -321,3 +347,11 @@ class ClaimReconciler:
             except ApiError as exc:
                 if exc.status != 409:
                     raise
+
+
+def _in_pool(sandbox: dict) -> bool:
+    """Still a warm-pool member: controlled by a pool and carrying its label."""
+    ref = controller_of(sandbox)
+    return ref is not None and ref.get("kind") == "SandboxWarmPool" and \
+        n.WARM_POOL_SANDBOX in (sandbox["metadata"].get("labels") or {}) and \
+        not sandbox["metadata"].get("deletionTimestamp")

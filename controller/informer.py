@@ -12,7 +12,6 @@ Indexes map a value computed from each object (a label, an owner uid) to the key
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
@@ -122,9 +121,10 @@ class Informer:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation of the caller itself.
+            await asyncio.wait(self._tasks)
         self._tasks.clear()
 
     async def _list(self, namespace: str | None) -> str:

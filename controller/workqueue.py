@@ -3,18 +3,18 @@
 A key is never processed by two workers at once; adding a key that is queued is a no-op, and
 adding one that is being processed runs it once more afterwards, so events are never lost and
 bursts collapse. Handlers return a delay to be called again (or None); `TemporaryError` asks for
-a retry after its delay; any other exception is retried with per-key capped exponential backoff.
+a retry after its delay, and a `Conflict` (409) is retried soon, quietly; any other exception is
+logged and retried with per-key capped exponential backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from controller.errors import PermanentError, TemporaryError
+from controller.errors import Conflict, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ class WorkQueue:
         self._timers.clear()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks)  # never swallows the caller's own cancellation
         self._tasks.clear()
 
     async def _work(self) -> None:
@@ -100,6 +99,10 @@ class WorkQueue:
             delay = await self.reconcile(key)
         except asyncio.CancelledError:
             raise
+        except Conflict as exc:
+            # Optimistic concurrency at work: someone wrote first. Decide again, soon.
+            log.debug("%s %s: %s; retrying", self.name, key, exc)
+            return self.backoff_base
         except TemporaryError as exc:
             log.info("%s %s: %s; retrying in %.2fs", self.name, key, exc, exc.delay)
             return exc.delay

@@ -184,6 +184,7 @@ class KernelCubeApp(ExtensionApp):
                                        self.capacity, self.metrics)
         self.router_in_flight = 0
         self._tasks: list[asyncio.Task] = []
+        self._started = self._stopped = False
 
     def _guard_unauthenticated_bind(self) -> None:
         if self.token:
@@ -213,6 +214,15 @@ class KernelCubeApp(ExtensionApp):
         self.handlers.extend(health.default_handlers + agentcube.default_handlers + execute.default_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        await self.ensure_started()
+
+    async def ensure_started(self) -> None:
+        """Start pools and the reaper once. A plain jupyter_server calls this through
+        _start_jupyter_server_extension; handlers call it too, for hosts that never do."""
+        if self._started:
+            return
+        self._started = True
+        serverapp = self.serverapp
         try:
             await self.sessions.adopt()
         except Exception as exc:
@@ -227,6 +237,9 @@ class KernelCubeApp(ExtensionApp):
                       auth, url)
 
     async def stop_extension(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

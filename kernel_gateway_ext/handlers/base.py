@@ -82,6 +82,7 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
         if stream is not None and not stream.closed():
             stream.set_nodelay(True)
         await super().prepare()
+        await self.gateway.ensure_started()
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.gateway.max_body_bytes:
             raise self.too_large()

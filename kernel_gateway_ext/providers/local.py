@@ -8,12 +8,14 @@ a restarted gateway re-adopts the claimed ones, and `sweep` cleans whatever no s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -27,6 +29,7 @@ from .base import Sandbox, SandboxProvider, SandboxStartError
 log = logging.getLogger("kernelcube.local")
 
 START_TIMEOUT = 60.0
+MAX_SOCKET_PATH = 107
 POLL_INTERVAL = 0.02
 
 
@@ -34,7 +37,7 @@ class LocalProvider(SandboxProvider):
     name = "local"
 
     def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str):
-        self.root = os.path.join(state_dir, "sandboxes")
+        self.root = sandboxes_root(state_dir)
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.public_pem = public_pem
         self.isolation = isolation
@@ -72,7 +75,7 @@ class LocalProvider(SandboxProvider):
     def _environment(self, template: Template, sandbox_id: str, python: str) -> dict[str, str]:
         path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
         # Caches and profiles go to the private /tmp, keeping the workspace for the user's files.
-        return {"PATH": path, "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "IPYTHONDIR": "/tmp/.ipython",
+        return {"PATH": path, "LANG": "C.UTF-8", "IPYTHONDIR": "/tmp/.ipython",
                 "MPLCONFIGDIR": "/tmp/.matplotlib", **template.env,
                 "PICOD_AUTH_PUBLIC_KEY": self.public_pem, "PICOD_SANDBOX_ID": sandbox_id,
                 "PICOD_KERNEL_PYTHON": python}
@@ -160,6 +163,20 @@ class LocalProvider(SandboxProvider):
             _kill_tree(proc.pid)
             await proc.wait()
         self._children.clear()
+
+
+def sandboxes_root(state_dir: str) -> str:
+    """Where sandbox directories live: under the state directory, unless that would make the
+    path of a sandbox's Unix socket longer than the kernel allows (107 bytes); then under a
+    short directory in /tmp derived from the state directory, so a restart finds it again."""
+    root = os.path.join(os.path.abspath(state_dir), "sandboxes")
+    socket_path = os.path.join(root, "sb-000000000000", "run", bwrap.SOCKET_NAME)
+    if len(socket_path.encode()) <= MAX_SOCKET_PATH:
+        return root
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+    short = os.path.join(tempfile.gettempdir(), f"kernelcube-{os.getuid()}-{digest}")
+    log.info("state directory %s is too deep for Unix socket paths; sandboxes live in %s", state_dir, short)
+    return short
 
 
 def _make_dirs(*paths: str) -> None:

@@ -1,0 +1,129 @@
+"""The HTTP execute API through a real jupyter_server with the extension and real bubblewrap
+sandboxes: sessions (201 + Location, list, get, delete), Python state persisting in the kernel,
+rich results, bash, NDJSON streaming, files, and every refusal with its status and reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from .conftest import body, wait_ready
+
+
+async def execute(jp_fetch, **payload):
+    return await jp_fetch("v1", "execute", method="POST", body=json.dumps(payload), raise_error=False)
+
+
+async def test_session_lifecycle(jp_fetch, gateway):
+    await wait_ready(jp_fetch)
+    created = await jp_fetch("v1", "sessions", method="POST", body="{}")
+    assert created.code == 201
+    session = body(created)
+    assert created.headers["Location"].endswith(f"/v1/sessions/{session['session_id']}")
+    assert session["template"] == "default" and session["expires_at"] > session["created_at"]
+
+    listed = body(await jp_fetch("v1", "sessions"))["sessions"]
+    assert [s["session_id"] for s in listed] == [session["session_id"]]
+    assert "sandbox" not in listed[0], "provider internals must not leak to clients"
+    one = body(await jp_fetch("v1", "sessions", session["session_id"]))
+    assert one["status"] == "ready"
+
+    deleted = await jp_fetch("v1", "sessions", session["session_id"], method="DELETE")
+    assert deleted.code == 204
+    gone = await jp_fetch("v1", "sessions", session["session_id"], raise_error=False)
+    assert gone.code == 404 and body(gone)["code"] == "SESSION_NOT_FOUND"
+
+
+async def test_python_state_persists_and_results_are_rich(jp_fetch, gateway):
+    first = await execute(jp_fetch, code="import numpy as np\nx = np.arange(5)\nprint('hi')")
+    assert first.code == 200, first.body
+    result = body(first)
+    session_id = result["session_id"]
+    assert first.headers["X-Session-Id"] == session_id
+    assert (result["status"], result["stdout"]) == ("ok", "hi\n")
+
+    second = body(await execute(jp_fetch, code="int(x.sum())", session_id=session_id))
+    assert second["results"] == [{"text/plain": "10", "is_main_result": True}]
+    assert second["execution_count"] == result["execution_count"] + 1
+
+    html = body(await execute(jp_fetch, session_id=session_id,
+                              code="from IPython.display import HTML, display\ndisplay(HTML('<i>x</i>'))"))
+    assert html["results"][0]["text/html"] == "<i>x</i>"
+    plot = body(await execute(jp_fetch, session_id=session_id, code=(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")))
+    assert any("image/png" in r for r in plot["results"]), plot
+
+    error = body(await execute(jp_fetch, code="1/0", session_id=session_id))
+    assert error["status"] == "error" and error["error"]["name"] == "ZeroDivisionError"
+
+
+async def test_bash_and_stream(jp_fetch, gateway):
+    result = body(await execute(jp_fetch, code="echo out; echo err >&2; exit 3", language="bash"))
+    assert (result["stdout"], result["stderr"], result["exit_code"], result["status"]) == ("out\n", "err\n", 3, "error")
+    session_id = result["session_id"]
+
+    streamed = await jp_fetch("v1", "execute", method="POST", headers={"Accept": "application/x-ndjson"},
+                              body=json.dumps({"code": "print(1)\nprint(2)\n3", "session_id": session_id}))
+    assert streamed.headers["Content-Type"] == "application/x-ndjson"
+    events = [json.loads(line) for line in streamed.body.decode().splitlines()]
+    types = [e["type"] for e in events]
+    assert types[0] == "start" and types[-2:] == ["result", "end"] and set(types[1:-2]) == {"stdout"}
+    assert "".join(e["text"] for e in events if e["type"] == "stdout") == "1\n2\n"
+    assert events[0]["session_id"] == session_id and events[-1]["status"] == "ok"
+
+
+async def test_timeout_interrupts_and_session_survives(jp_fetch, gateway):
+    first = body(await execute(jp_fetch, code="kept = 'yes'"))
+    timed_out = body(await execute(jp_fetch, code="while True: pass", timeout=1, session_id=first["session_id"]))
+    assert timed_out["status"] == "timeout"
+    after = body(await execute(jp_fetch, code="kept", session_id=first["session_id"]))
+    assert after["results"][0]["text/plain"] == "'yes'"
+
+
+async def test_files_round_trip(jp_fetch, gateway):
+    session_id = body(await jp_fetch("v1", "sessions", method="POST", body="{}"))["session_id"]
+    payload = bytes(range(256)) * 100
+    put = await jp_fetch("v1", "sessions", session_id, "files", "data/blob.bin", method="PUT", body=payload)
+    assert put.code == 201 and body(put)["size"] == len(payload)
+    got = await jp_fetch("v1", "sessions", session_id, "files", "data/blob.bin")
+    assert got.body == payload
+    seen = body(await execute(jp_fetch, session_id=session_id,
+                              code="len(open('data/blob.bin','rb').read())"))
+    assert seen["results"][0]["text/plain"] == str(len(payload))
+    missing = await jp_fetch("v1", "sessions", session_id, "files", "nope.txt", raise_error=False)
+    assert missing.code == 404
+    escape = await jp_fetch("v1", "sessions", session_id, "files", "..%2F..%2Fetc%2Fpasswd", raise_error=False)
+    assert escape.code == 400 and "access denied" in body(escape)["error"]
+
+
+@pytest.mark.parametrize(("payload", "status", "wording"), [
+    ("{not json", 400, "malformed JSON"),
+    ("[]", 400, "JSON object"),
+    ({}, 400, "'code' is required"),
+    ({"code": "1", "language": "ruby"}, 400, "'language' must be one of"),
+    ({"code": "1", "timeout": -1}, 400, "positive number"),
+    ({"code": "1", "env": {"A": 1}}, 400, "'env' must be"),
+    ({"code": "1", "session_id": "no-such-session"}, 404, "not found"),
+    ({"code": "1", "template": "no-such-template"}, 404, "template 'no-such-template' not found"),
+])
+async def test_refusals(jp_fetch, gateway, payload, status, wording):
+    raw = payload if isinstance(payload, str) else json.dumps(payload)
+    response = await jp_fetch("v1", "execute", method="POST", body=raw, raise_error=False)
+    assert response.code == status
+    assert wording in body(response)["error"]
+
+
+async def test_oversized_body_is_413(jp_fetch, gateway):
+    gateway.max_body_bytes = 1000
+    response = await jp_fetch("v1", "execute", method="POST", body=json.dumps({"code": "x" * 2000}),
+                              raise_error=False)
+    assert response.code == 413 and body(response)["code"] == "BODY_TOO_LARGE"
+
+
+async def test_token_required(jp_fetch, gateway):
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("v1", "sessions", headers={"Authorization": "token wrong"})
+    assert info.value.code == 401
+    assert body(info.value.response)["code"] == "UNAUTHORIZED"
