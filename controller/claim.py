@@ -22,7 +22,7 @@ from controller.errors import AlreadyExists, ApiError, Conflict, NotFound
 from controller.memo import StatusMemo
 from controller.resources import CLAIMS, SANDBOXES
 from controller.sandbox_logic import controller_of, is_controlled_by, status_patch
-from controller.warmpool_logic import is_ready, is_stale
+from controller.warmpool_logic import freshness, is_ready, is_stale
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,8 @@ class ClaimReconciler:
         pool_hash = n.name_hash(pool["metadata"]["name"])
         template_ref = n.name_hash(template["metadata"]["name"])
         recreate = (pool["spec"].get("updateStrategy") or {}).get("type") == "Recreate"
+        nameservers = self.ctx.settings.public_nameservers
+        facts = freshness(template, nameservers) if recreate else None
         options = []
         for sandbox in self.ctx.sandboxes.by_index("pool", pool_hash):
             smeta = sandbox["metadata"]
@@ -257,7 +259,7 @@ class ClaimReconciler:
                     ref.get("uid") != pool["metadata"]["uid"] or \
                     not logic.adoptable(sandbox, pool_hash, template_ref):
                 continue
-            if recreate and is_stale(sandbox, template, self.ctx.settings.public_nameservers):
+            if recreate and is_stale(sandbox, template, nameservers, facts):
                 continue
             status = sandbox.get("status") or {}
             options.append(Candidate(smeta["name"], is_ready(sandbox), bool(status.get("podIPs")),

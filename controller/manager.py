@@ -50,26 +50,40 @@ def _claim_pool(obj: dict) -> list[str]:
     return [f"{obj['metadata'].get('namespace')}/{ref['name']}"] if ref.get("name") else []
 
 
+def _annotations(meta: dict) -> dict:
+    # The claim's sandbox-name annotation is our own bookkeeping: writing it needs no reconcile.
+    return {k: v for k, v in (meta.get("annotations") or {}).items()
+            if k != n.SANDBOX_NAME_ANNOTATION}
+
+
 def _meta_or_spec_changed(old: dict | None, new: dict | None) -> bool:
     """False for status-only updates (our own status writes), which need no reconcile."""
     if old is None or new is None:
         return True
     a, b = old["metadata"], new["metadata"]
     return a.get("generation") != b.get("generation") or a.get("labels") != b.get("labels") \
-        or a.get("annotations") != b.get("annotations") \
+        or _annotations(a) != _annotations(b) \
         or a.get("deletionTimestamp") != b.get("deletionTimestamp") \
         or a.get("ownerReferences") != b.get("ownerReferences")
 
 
+def _condition_gist(status: dict, type_: str) -> tuple | None:
+    found = cond.find(status.get("conditions"), type_)
+    return None if found is None else (found.get("status"), found.get("reason"),
+                                       found.get("message"))
+
+
 def _claim_relevant(old: dict | None, new: dict | None) -> bool:
-    """Sandbox changes a claim reports: existence, ownership, podIPs, Ready and Finished."""
+    """Sandbox changes a claim reports: existence, deletion, podIPs, Ready and Finished.
+
+    Its adoption is not among them: the claim reconcile that adopted it wrote the status.
+    """
     if old is None or new is None:
         return True
     so, sn = old.get("status") or {}, new.get("status") or {}
     return so.get("podIPs") != sn.get("podIPs") or \
-        controller_of(old) != controller_of(new) or any(
-            cond.find(so.get("conditions"), t) != cond.find(sn.get("conditions"), t)
-            for t in ("Ready", "Finished"))
+        old["metadata"].get("deletionTimestamp") != new["metadata"].get("deletionTimestamp") or \
+        any(_condition_gist(so, t) != _condition_gist(sn, t) for t in ("Ready", "Finished"))
 
 
 class Controller:
@@ -179,6 +193,7 @@ class Controller:
     def _wire(self, ctx: Context) -> None:
         loop = asyncio.get_running_loop()
         claims = self.claim_reconciler
+        s = self.settings
 
         def on_sandbox(old: dict | None, new: dict | None) -> None:
             obj = new or old
@@ -197,12 +212,14 @@ class Controller:
             if new is None or new_pool is None:
                 claims.release((ns, name))
             for pool in {old_pool, new_pool} - {None}:
-                ctx.enqueue("pool", *pool)
+                # Coalesce a burst of member events into one pool reconcile, except for new
+                # and vanished members, which gate the pool's expectations.
+                batch = 0.0 if old is None or new is None else s.pool_batch_delay
+                ctx.enqueue("pool", *pool, delay=batch)
             if new_pool is not None and is_ready(new) and (old is None or not is_ready(old)):
                 claims.wake_one(new_pool)
             ref = controller_of(obj)
-            if ref is not None and ref.get("kind") == "SandboxClaim" and \
-                    (_claim_relevant(old, new) or controller_of(old or {}) != ref):
+            if ref is not None and ref.get("kind") == "SandboxClaim" and _claim_relevant(old, new):
                 ctx.enqueue("claim", ns, ref["name"])
 
         def on_owned(old: dict | None, new: dict | None) -> None:  # pods and services

@@ -223,6 +223,9 @@ def compute_status(sandbox: dict, pod: dict | None, *, service_ok: bool, has_ser
     else:
         drop.append("Finished")
     scheduled = cond.find(pod_conditions, "PodScheduled")
+    pod_ready = ready["status"] == "True"
+    if scheduled is not None and scheduled.get("status") == "True" and not pod_ready:
+        scheduled = None  # being scheduled is no news until Ready: one status write fewer
     if scheduled is not None:
         copied = {k: scheduled[k] for k in ("type", "status", "reason", "message") if k in scheduled}
         copied.setdefault("reason", "PodScheduled" if copied["status"] == "True" else "Unknown")
@@ -236,7 +239,7 @@ def compute_status(sandbox: dict, pod: dict | None, *, service_ok: bool, has_ser
         if ips:
             status["podIPs"] = ips
         node = (pod.get("spec") or {}).get("nodeName")
-        if node:
+        if node and pod_ready:  # as upstream: a node alone is not written until Ready
             status["nodeName"] = node
     if has_service:
         status["service"] = meta["name"]

@@ -21,6 +21,7 @@ class Settings:
     unschedulable_recheck: float = 60.0
     expectations_timeout: float = 300.0
     enable_warm_pool_eviction: bool = True
+    pool_batch_delay: float = 0.05  # member events within this window share one pool reconcile
     # Claims.
     adopt_unready: bool = False  # upstream binds not-yet-Ready members (#1513); we don't by default
     warm_wait: float = 2.0  # how long a claim waits for a refilling pool before going cold

@@ -58,13 +58,14 @@ class WarmPoolReconciler:
         ns = key[0]
         template = self.ctx.templates.get(ns, pool["spec"]["sandboxTemplateRef"]["name"])
         views = []
-        sandboxes = self.members(pool)
-        for sandbox in sandboxes:
+        facts = None if template is None else logic.freshness(
+            template, settings.public_nameservers)
+        for sandbox in self.members(pool):
             if controller_of(sandbox) is None:
                 sandbox = await self._adopt_orphan(pool, template, sandbox)
                 if sandbox is None:
                     continue
-            views.append(self._view(sandbox, template))
+            views.append(self._view(sandbox, template, facts))
         pending_deletes = self.ctx.expectations.pending_deletes(key)
         for view in views:
             view.deleting = view.deleting or view.name in pending_deletes
@@ -97,11 +98,12 @@ class WarmPoolReconciler:
                     raise
         return requeue
 
-    def _view(self, sandbox: dict, template: dict | None) -> logic.Member:
+    def _view(self, sandbox: dict, template: dict | None,
+              facts: logic.Freshness | None) -> logic.Member:
         meta = sandbox["metadata"]
         created = cond.parse_time(meta.get("creationTimestamp")) or cond.now()
-        stale = template is not None and logic.is_stale(sandbox, template,
-                                                        self.ctx.settings.public_nameservers)
+        stale = template is not None and logic.is_stale(
+            sandbox, template, self.ctx.settings.public_nameservers, facts)
         return logic.Member(
             name=meta["name"], ready=logic.is_ready(sandbox), created=created,
             order=self.ctx.sandboxes.first_seen.get((meta["namespace"], meta["name"]), 0),

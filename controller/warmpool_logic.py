@@ -78,14 +78,30 @@ def build_member(pool: dict, template: dict, *, nameservers: tuple[str, ...],
     }
 
 
-def is_stale(member: dict, template: dict, nameservers: tuple[str, ...]) -> bool:
+@dataclass(frozen=True)
+class Freshness:
+    """What staleness is judged against, computed once per template (not once per member)."""
+    ref_hash: str
+    blueprint_hash: str
+    spec: dict
+
+
+def freshness(template: dict, nameservers: tuple[str, ...]) -> Freshness:
+    return Freshness(n.name_hash(template["metadata"]["name"]),
+                     blueprint_hash(blueprint(template["spec"])),
+                     sandbox_spec_from(template["spec"], nameservers))
+
+
+def is_stale(member: dict, template: dict, nameservers: tuple[str, ...],
+             facts: Freshness | None = None) -> bool:
     """Built from an older blueprint? Metadata-only template edits don't count."""
+    facts = facts or freshness(template, nameservers)
     labels = member["metadata"].get("labels") or {}
-    if labels.get(n.TEMPLATE_REF_HASH) != n.name_hash(template["metadata"]["name"]):
+    if labels.get(n.TEMPLATE_REF_HASH) != facts.ref_hash:
         return True
-    if labels.get(n.TEMPLATE_HASH) == blueprint_hash(blueprint(template["spec"])):
+    if labels.get(n.TEMPLATE_HASH) == facts.blueprint_hash:
         return False
-    fresh = sandbox_spec_from(template["spec"], nameservers)
+    fresh = facts.spec
     spec = member.get("spec") or {}
     have_pod = (spec.get("podTemplate") or {}).get("spec")
     return have_pod != fresh["podTemplate"]["spec"] or \

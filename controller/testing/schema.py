@@ -82,9 +82,16 @@ def to_jsonschema(schema: Any) -> Any:
     return out
 
 
-def validation_errors(schema: dict, value: Any) -> list[str]:
-    """Human-readable schema violations (empty when valid), like the API server's causes."""
-    validator = jsonschema.Draft7Validator(to_jsonschema(schema))
+def validation_errors(schema: dict, value: Any, cache: dict | None = None) -> list[str]:
+    """Human-readable schema violations (empty when valid), like the API server's causes.
+
+    `cache` (a dict kept by the caller) saves translating the schema on every call.
+    """
+    validator = cache.get(id(schema)) if cache is not None else None
+    if validator is None:
+        validator = jsonschema.Draft7Validator(to_jsonschema(schema))
+        if cache is not None:
+            cache[id(schema)] = validator
     errors = []
     for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in error.absolute_path) or "<root>"

@@ -103,6 +103,7 @@ class Store:
         self.compacted_rv = 0  # events at or below this resourceVersion are gone
         self.listeners: list[asyncio.Queue] = []
         self._gc_pending: set[str] = set()
+        self._validators: dict = {}
         self.gc_delay = 0.0
 
     # -- events -----------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class Store:
             return
         schemas.prune(info.schema, obj, root=True)
         schemas.apply_defaults(info.schema, obj)
-        errors = schemas.validation_errors(info.schema, obj)
+        errors = schemas.validation_errors(info.schema, obj, cache=self._validators)
         if old is not None:
             errors += schemas.transition_errors(info.schema, old, obj)
         if errors:
@@ -206,7 +207,8 @@ class Store:
                 new["status"] = copy.deepcopy(body["status"])
             new["metadata"] = dict(old["metadata"])
         else:
-            new = copy.deepcopy(body)
+            new = dict(body)  # shallow: nested values are never mutated, only replaced
+            new["metadata"] = dict(body.get("metadata") or {})
             if info.status_subresource:
                 new.pop("status", None)
                 if "status" in old:

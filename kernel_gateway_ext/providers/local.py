@@ -49,16 +49,26 @@ class LocalProvider(SandboxProvider):
 
     # -- creation ----------------------------------------------------------------------------
 
-    def _python_roots(self, python: str) -> list[str]:
+    async def _python_roots(self, python: str) -> list[str]:
         """The directories a sandboxed interpreter needs read-only: its prefix and base prefix."""
         if python not in self._roots:
-            out = subprocess.run([python, "-I", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout
-            roots = sorted({os.path.realpath(p) for p in out.split()} | {os.path.dirname(os.path.dirname(python))})
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    python, "-I", "-c", "import os, sys; print(os.path.realpath(sys.prefix)); "
+                    "print(os.path.realpath(sys.base_prefix))",
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise SandboxStartError(f"the sandbox Python {python} cannot run: {exc}") from exc
+            if proc.returncode != 0:
+                raise SandboxStartError(f"the sandbox Python {python} is not a working Python interpreter "
+                                        f"(exit {proc.returncode})")
+            prefixes = set(out.decode().split())
+            roots = sorted(prefixes | {os.path.dirname(os.path.dirname(python))})
             self._roots[python] = [r for r in roots if not r.startswith("/usr")]
         return self._roots[python]
 
-    def _argv(self, template: Template, python: str, workspace: str, run_dir: str) -> tuple[list[str], str]:
+    async def _argv(self, template: Template, python: str, workspace: str, run_dir: str) -> tuple[list[str], str]:
         isolation = template.isolation or self.isolation
         limits = bwrap.prlimit_argv(template.rlimits)
         if isolation == "none":
@@ -66,11 +76,14 @@ class LocalProvider(SandboxProvider):
             return limits + bwrap.picod_bootstrap(python, socket, workspace, os.path.dirname(self.picod_package)), socket
         if self.bwrap is None:
             raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
-        roots = self._python_roots(python)
+        roots = await self._python_roots(python)
         argv = bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         argv += bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE)
         return limits + argv, os.path.join(run_dir, bwrap.SOCKET_NAME)
+
+    def bwrap_used(self, template: Template) -> bool:
+        return (template.isolation or self.isolation) != "none"
 
     def _environment(self, template: Template, sandbox_id: str, python: str) -> dict[str, str]:
         path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
@@ -85,8 +98,8 @@ class LocalProvider(SandboxProvider):
         directory = os.path.join(self.root, sandbox_id)
         workspace, run_dir = os.path.join(directory, "workspace"), os.path.join(directory, "run")
         python = template.python or self.python
+        argv, socket = await self._argv(template, python, workspace, run_dir)
         await asyncio.to_thread(_make_dirs, workspace, run_dir)
-        argv, socket = self._argv(template, python, workspace, run_dir)
         log_path = os.path.join(directory, "picod.log")
         with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
             proc = await asyncio.create_subprocess_exec(
@@ -98,6 +111,10 @@ class LocalProvider(SandboxProvider):
         try:
             await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
             await self._wait_ready(sandbox, proc, log_path)
+            # Under bubblewrap the sandbox lives as long as its namespace init (bwrap's child),
+            # even if bwrap itself is killed: track and kill both.
+            children = _descendants(proc.pid)
+            sandbox.handle["init"] = children[0] if children and self.bwrap_used(template) else proc.pid
         except BaseException:
             await self.destroy(sandbox)
             raise
@@ -126,10 +143,11 @@ class LocalProvider(SandboxProvider):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        pid = sandbox.handle.get("pid")
         proc = self._children.pop(sandbox.id, None)
-        if pid and _is_ours(pid, sandbox.id):
-            _kill_tree(pid)
+        for key in ("pid", "init"):
+            pid = sandbox.handle.get(key)
+            if pid and _is_ours(pid, sandbox.id):
+                _kill_tree(pid)
         if proc is not None:
             await proc.wait()
         directory = sandbox.handle.get("dir")
@@ -137,10 +155,7 @@ class LocalProvider(SandboxProvider):
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def is_alive(self, sandbox: Sandbox) -> bool:
-        proc = self._children.get(sandbox.id)
-        if proc is not None:
-            return proc.returncode is None
-        pid = sandbox.handle.get("pid")
+        pid = sandbox.handle.get("init") or sandbox.handle.get("pid")
         return bool(pid) and _is_ours(pid, sandbox.id)
 
     async def sweep(self, keep: set[str]) -> int:

@@ -55,8 +55,8 @@ async def test_pool_fills_to_n_and_refills_after_claims(cluster, controller):
                                  for i in range(2)), 5, "claims bound")
     await h.wait_for(lambda: len(ready_members(cluster)) == 3, 5, "pool refilled")
     assert len(cluster.api.objects("sandboxes", h.NS)) == 5
-    gauge = controller.metrics.pool_ready.labels(h.NS, "python")._value.get()
-    assert gauge == 3
+    gauge = controller.metrics.pool_ready.labels(h.NS, "python")
+    await h.wait_for(lambda: gauge._value.get() == 3, 5, "pool depth gauge")
 
 
 @pytest.mark.asyncio

@@ -43,6 +43,13 @@ def wait_gone(root: str, timeout: float = 10.0) -> list[int]:
 
 
 @pytest.fixture
+def jp_base_url() -> str:
+    # The agentcube-sdk joins an absolute path onto ROUTER_URL, dropping any prefix: the
+    # AgentCube faces must be served at the root, as in production.
+    return "/"
+
+
+@pytest.fixture
 def gateway_config() -> dict:
     """Per-test overrides of KernelCubeApp traits; tests update it before the server starts."""
     return {}
