@@ -90,7 +90,7 @@ async def _bench() -> dict:
             while not predicate():
                 if time.perf_counter() > deadline:
                     raise TimeoutError("benchmark phase did not finish in time")
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
 
         watcher = asyncio.create_task(watch_claims())
         try:

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warm-wait", type=float, default=defaults.warm_wait,
                    help="seconds a claim waits for a refilling pool before a cold start "
                    "(default: %(default)s)")
+    g.add_argument("--allowed-label-domain", action="append", default=[], metavar="DOMAIN",
+                   help="domain a claim's additionalPodMetadata labels may use; repeat for "
+                   "several (default: sandbox.users.io)")
     g.add_argument("--adopt-unready", action="store_true",
                    help="let claims take warm sandboxes that are not Ready yet (upstream's way)")
     g.add_argument("--cluster-domain", default=defaults.cluster_domain,
@@ -98,6 +101,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         adopt_unready=args.adopt_unready, cluster_domain=args.cluster_domain,
         gateway_namespace=args.gateway_namespace, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host)
+    if args.allowed_label_domain:
+        settings.allowed_label_domains = tuple(args.allowed_label_domain)
     if args.gateway_label:
         settings.gateway_labels = dict(item.split("=", 1) for item in args.gateway_label)
     settings.renew_deadline = min(settings.renew_deadline, settings.lease_duration * 2 / 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from controller.resources import Resource
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 _AUTH = ["BearerToken"]
 
 
@@ -63,6 +65,12 @@ class KubeClient:
 
     def __init__(self, configuration: Any, *, connections: int = 100) -> None:
         configuration.connection_pool_maxsize = connections
+        # The client's aiohttp session trusts the environment by default, which reads ~/.netrc
+        # and the proxy variables in a thread on *every* request. Only do it if a proxy is set.
+        proxied = any(os.environ.get(v) for v in PROXY_VARIABLES)
+        extra = dict(getattr(configuration, "client_session_kwargs", None) or {})
+        extra.setdefault("trust_env", proxied)
+        configuration.client_session_kwargs = extra
         self._api = kclient.ApiClient(configuration)
         self._watch_api = kclient.ApiClient(configuration)  # its own aiohttp session and pool
         self.requests = 0  # API calls made, for tests and benchmarks (writes are what matter)

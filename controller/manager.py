@@ -119,24 +119,39 @@ class Controller:
             self._task = None
 
     async def run(self) -> None:
-        """Campaign, lead, and campaign again after a lost term; until cancelled."""
+        """Campaign, lead, and campaign again after a lost term; until cancelled.
+
+        The Lease is renewed from the moment it is won, while the caches are still filling, so
+        a slow start never lets a standby take over underneath us.
+        """
+        election = self.settings.leader_election
         try:
             while True:
-                if self.settings.leader_election:
+                if election:
                     await self.elector.acquire()
                 self.metrics.leader.set(1)
+                term = asyncio.create_task(self._term())
+                tasks = [term]
+                if election:
+                    tasks.append(asyncio.create_task(self.elector.hold()))
                 try:
-                    await self._start_term()
-                    if self.settings.leader_election:
-                        await self.elector.hold()
-                    else:
-                        await asyncio.Event().wait()
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.wait(tasks)
                     self.metrics.leader.set(0)
                     await self._stop_term()
+                if term.done() and not term.cancelled() and term.exception() is not None:
+                    log.error("controller term failed; starting over", exc_info=term.exception())
+                    await asyncio.sleep(1.0)
         finally:
-            if self.settings.leader_election:
+            if election:
                 await asyncio.shield(self.elector.release())
+
+    async def _term(self) -> None:
+        await self._start_term()
+        await asyncio.Event().wait()  # until cancelled: leadership lost, or shutdown
 
     # -- one term of leadership -------------------------------------------------------------
 

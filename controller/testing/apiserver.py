@@ -9,7 +9,8 @@ warm-pool logic depend on.
 
 Served: core `pods`, `services`, `persistentvolumeclaims`, `events`; `networkpolicies`, `leases`;
 and every custom resource of the CRD manifests given (their schemas are enforced).
-Knobs for tests: `watch_delay` (an informer that lags), `compact()` (forces 410 on resume),
+Knobs for tests: `validate=False` (skip CRD schema work, for benchmarks of the controller),
+`watch_delay` (an informer that lags), `compact()` (forces 410 on resume),
 `close_watches()` (drops every stream), and `requests` (a count per verb and resource) and `statuses` (per verb, resource and code).
 """
 
@@ -75,8 +76,9 @@ class FakeApiServer:
     """`async with FakeApiServer(crds) as api:` serves on `api.url` until the block ends."""
 
     def __init__(self, crds: list[dict] = (), *, watch_delay: float = 0.0,
-                 history: int = 50000) -> None:
+                 history: int = 50000, validate: bool = True) -> None:
         self.store = Store(CORE + crd_resources(list(crds)), history=history)
+        self.store.validate = validate
         self.watch_delay = watch_delay
         self.requests: collections.Counter = collections.Counter()
         self.statuses: collections.Counter = collections.Counter()  # (verb, plural, code)
@@ -200,7 +202,7 @@ class FakeApiServer:
                 and matches_labels(labels, obj) and matches_fields(fields, obj)
 
         queue: asyncio.Queue = asyncio.Queue()
-        self.store.listeners.append(queue)
+        self.store.subscribe(queue, info.key)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         self._streams.add(queue)
         try:
@@ -219,26 +221,24 @@ class FakeApiServer:
             for type_, obj in backlog:
                 await response.write(dumps({"type": type_, "object": obj}) + b"\n")
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+            timer = loop.call_later(timeout, queue.put_nowait, None)  # the server-side timeout
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), deadline - loop.time())
-                except asyncio.TimeoutError:
-                    break
+                event = await queue.get()
                 if event is None:
                     break
-                if event.rv <= last or event.resource != info.key:
+                if event.rv <= last:
                     continue
                 if self.watch_delay:
                     await asyncio.sleep(max(0.0, event.at + self.watch_delay - loop.time()))
                 for type_, obj in _translate(event, visible):
                     await response.write(dumps({"type": type_, "object": obj}) + b"\n")
+            timer.cancel()
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
         except ConnectionError:
             pass  # the client went away
         finally:
-            self.store.listeners.remove(queue)
+            self.store.unsubscribe(queue)
             self._streams.discard(queue)
         return response
 

@@ -39,12 +39,12 @@ class Kubelet:
         self._pods = store.resources[("", "pods")]
 
     async def __aenter__(self) -> Kubelet:
-        self.store.listeners.append(self._queue)
+        self.store.subscribe(self._queue, ("", "pods"))
         self._task = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.store.listeners.remove(self._queue)
+        self.store.unsubscribe(self._queue)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,14 +88,6 @@ class Kubelet:
         meta = pod["metadata"]
         self.store.patch(self._pods, meta["namespace"], meta["name"], {"status": status},
                          subresource="status")
-
-    def make_ready(self, namespace: str, name: str) -> None:
-        """Turn a held pod Running and Ready."""
-        pod = self.store.get(self._pods, namespace, name)
-        conditions = [c for c in pod.get("status", {}).get("conditions", [])
-                      if c["type"] not in ("Ready", "ContainersReady")]
-        self._status(pod, {"phase": "Running", "conditions": conditions + [
-            _condition("ContainersReady", "True"), _condition("Ready", "True")]})
 
     def finish(self, namespace: str, name: str, phase: str = "Succeeded") -> None:
         """End a pod's containers: phase Succeeded or Failed, not Ready."""

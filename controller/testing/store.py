@@ -97,13 +97,15 @@ class Store:
     def __init__(self, resources: list[ResourceInfo], *, history: int = 20000) -> None:
         self.resources = {info.key: info for info in resources}
         self.objects: dict[tuple, dict] = {}
+        self._by_resource: dict[tuple[str, str], dict[tuple, dict]] = {}
         self.uids: dict[str, tuple] = {}
         self.rv = 100  # never "0": that asks a watch for "any version"
         self.history: deque[Event] = deque(maxlen=history)
         self.compacted_rv = 0  # events at or below this resourceVersion are gone
-        self.listeners: list[asyncio.Queue] = []
+        self._listeners: list[tuple[tuple[str, str] | None, asyncio.Queue]] = []
         self._gc_pending: set[str] = set()
         self._validators: dict = {}
+        self.validate = True  # schema defaulting, pruning and validation of custom resources
         self.gc_delay = 0.0
 
     # -- events -----------------------------------------------------------------------------
@@ -117,8 +119,24 @@ class Store:
         if len(self.history) == self.history.maxlen:
             self.compacted_rv = self.history[0].rv
         self.history.append(event)
-        for queue in self.listeners:
-            queue.put_nowait(event)
+        for resource, queue in self._listeners:
+            if resource is None or resource == info.key:
+                queue.put_nowait(event)
+
+    def subscribe(self, queue: asyncio.Queue, resource: tuple[str, str] | None = None) -> None:
+        """Receive every change (of one resource, or of all) as an `Event` on `queue`."""
+        self._listeners.append((resource, queue))
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self._listeners = [(r, q) for r, q in self._listeners if q is not queue]
+
+    def _put(self, key: tuple, obj: dict) -> None:
+        self.objects[key] = obj
+        self._by_resource.setdefault(key[0], {})[key] = obj
+
+    def _pop(self, key: tuple) -> dict:
+        self._by_resource.get(key[0], {}).pop(key, None)
+        return self.objects.pop(key)
 
     def compact(self) -> None:
         """Forget the whole history, so any watch resuming from a version seen so far gets 410."""
@@ -146,13 +164,13 @@ class Store:
         return obj
 
     def list(self, info: ResourceInfo, namespace: str | None) -> list[dict]:
-        return [obj for (key, ns, _), obj in self.objects.items()
-                if key == info.key and (namespace is None or ns == namespace)]
+        return [obj for (_, ns, _), obj in self._by_resource.get(info.key, {}).items()
+                if namespace is None or ns == namespace]
 
     # -- writes -----------------------------------------------------------------------------
 
     def _validate(self, info: ResourceInfo, obj: dict, old: dict | None) -> None:
-        if info.schema is None:
+        if info.schema is None or not self.validate:
             return
         schemas.prune(info.schema, obj, root=True)
         schemas.apply_defaults(info.schema, obj)
@@ -187,7 +205,7 @@ class Store:
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(rv), generation=1,
                     creationTimestamp=now_rfc3339())
         meta.pop("deletionTimestamp", None)
-        self.objects[key] = obj
+        self._put(key, obj)
         self.uids[meta["uid"]] = key
         self._emit(info, "ADDED", obj, None, rv)
         return obj
@@ -232,7 +250,7 @@ class Store:
         key = (info.key, meta.get("namespace"), name)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(info, key, new, rv)
-        self.objects[key] = new
+        self._put(key, new)
         self._emit(info, "MODIFIED", new, old, rv)
         if FOREGROUND in (meta.get("finalizers") or ()):
             self._schedule_gc(meta["uid"])
@@ -272,7 +290,7 @@ class Store:
                 "finalizers": finalizers, "deletionTimestamp": now_rfc3339()}}
             rv = self._next_rv()
             new["metadata"]["resourceVersion"] = str(rv)
-            self.objects[(info.key, namespace if info.namespaced else None, name)] = new
+            self._put((info.key, namespace if info.namespaced else None, name), new)
             self._emit(info, "MODIFIED", new, obj, rv)
             if FOREGROUND in finalizers:
                 self._schedule_gc(meta["uid"])
@@ -281,7 +299,7 @@ class Store:
         return self._remove(info, key, obj, self._next_rv())
 
     def _remove(self, info: ResourceInfo, key: tuple, obj: dict, rv: int) -> dict:
-        old = self.objects.pop(key)
+        old = self._pop(key)
         self.uids.pop(obj["metadata"]["uid"], None)
         gone = dict(obj) | {"metadata": dict(obj["metadata"]) | {"resourceVersion": str(rv)}}
         self._emit(info, "DELETED", gone, old, rv)

@@ -45,24 +45,26 @@ class LocalProvider(SandboxProvider):
         self.picod_package = os.path.dirname(os.path.abspath(picod_kernel.__file__))
         self.bwrap = bwrap.find_bwrap()
         self._roots: dict[str, list[str]] = {}
-        self._children: dict[str, asyncio.subprocess.Process] = {}
+        # Plain Popen objects, not asyncio transports: a transport kills its process when it is
+        # closed, and claimed sandboxes must outlive this gateway when the store persists.
+        self._children: dict[str, subprocess.Popen] = {}
 
     # -- creation ----------------------------------------------------------------------------
 
     async def _python_roots(self, python: str) -> list[str]:
         """The directories a sandboxed interpreter needs read-only: its prefix and base prefix."""
         if python not in self._roots:
+            # In a thread: a cancelled create must not leave the probe behind half-read.
+            probe = [python, "-I", "-c",
+                     "import os, sys; print(os.path.realpath(sys.prefix)); print(os.path.realpath(sys.base_prefix))"]
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    python, "-I", "-c", "import os, sys; print(os.path.realpath(sys.prefix)); "
-                    "print(os.path.realpath(sys.base_prefix))",
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                out, _ = await asyncio.wait_for(proc.communicate(), 30)
-            except (OSError, asyncio.TimeoutError) as exc:
+                result = await asyncio.to_thread(subprocess.run, probe, capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as exc:
                 raise SandboxStartError(f"the sandbox Python {python} cannot run: {exc}") from exc
-            if proc.returncode != 0:
+            if result.returncode != 0:
                 raise SandboxStartError(f"the sandbox Python {python} is not a working Python interpreter "
-                                        f"(exit {proc.returncode})")
+                                        f"(exit {result.returncode})")
+            out = result.stdout
             prefixes = set(out.decode().split())
             roots = sorted(prefixes | {os.path.dirname(os.path.dirname(python))})
             self._roots[python] = [r for r in roots if not r.startswith("/usr")]
@@ -102,8 +104,9 @@ class LocalProvider(SandboxProvider):
         await asyncio.to_thread(_make_dirs, workspace, run_dir)
         log_path = os.path.join(directory, "picod.log")
         with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=self._environment(template, sandbox_id, python), stdin=subprocess.DEVNULL,
+            # Popen forks and returns at exec, as asyncio's own spawn does on the loop.
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                argv, env=self._environment(template, sandbox_id, python), stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file, start_new_session=True, cwd=directory)
         sandbox = Sandbox(sandbox_id, template.name, {"unix_socket": socket},
                           {"pid": proc.pid, "dir": directory})
@@ -120,12 +123,12 @@ class LocalProvider(SandboxProvider):
             raise
         return sandbox
 
-    async def _wait_ready(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, log_path: str) -> None:
+    async def _wait_ready(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
         client = PicodClient(sandbox.endpoint)
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while time.monotonic() < deadline:
-                if proc.returncode is not None:
+                if proc.poll() is not None:
                     raise SandboxStartError(f"sandbox {sandbox.id} exited with {proc.returncode} while starting: "
                                             f"{await _tail(log_path)}")
                 status, body = await client.health()  # 0 until the socket exists
@@ -149,7 +152,7 @@ class LocalProvider(SandboxProvider):
             if pid and _is_ours(pid, sandbox.id):
                 _kill_tree(pid)
         if proc is not None:
-            await proc.wait()
+            await _reap(proc)
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
             await asyncio.to_thread(shutil.rmtree, directory, True)
@@ -173,11 +176,31 @@ class LocalProvider(SandboxProvider):
         return swept
 
     async def close(self) -> None:
-        for sandbox_id, proc in list(self._children.items()):
-            log.warning("sandbox %s still running at close; killing it", sandbox_id)
-            _kill_tree(proc.pid)
-            await proc.wait()
+        """Forget the children: whatever still runs is claimed and outlives us on purpose."""
         self._children.clear()
+
+
+async def _reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Collect a killed child's exit status without blocking the loop: a pidfd becomes
+    readable when the process exits."""
+    if proc.poll() is not None:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped elsewhere
+        proc.poll()
+        return
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await asyncio.wait_for(exited, timeout)
+    except asyncio.TimeoutError:
+        log.warning("sandbox process %d did not exit within %.0fs of SIGKILL", proc.pid, timeout)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    proc.poll()
 
 
 def sandboxes_root(state_dir: str) -> str:

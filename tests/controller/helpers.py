@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,12 @@ def sandbox(name: str, **spec: Any) -> dict:
     return {"metadata": {"name": name},
             "spec": {"podTemplate": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
                      **spec}}
+
+
+def soon(seconds: float) -> str:
+    """An RFC 3339 time `seconds` from now (for shutdownTime)."""
+    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def ready(obj: dict | None) -> bool:

@@ -6,18 +6,12 @@ finished, and cascading deletion."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import pytest
 
 from controller import naming as n
 from controller import resources as R
 from tests.controller import helpers as h
-
-
-def soon(seconds: float) -> str:
-    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def get_claim(cluster, name="c"):
@@ -138,7 +132,7 @@ async def test_invalid_pod_metadata_is_refused(cluster, controller):
 async def test_claim_shutdown_time(cluster, controller, policy):
     await warm_pool(cluster, replicas=1)
     await cluster.kube.create(R.CLAIMS, h.NS, h.claim("c", lifecycle={
-        "shutdownTime": soon(0.5), "shutdownPolicy": policy}))
+        "shutdownTime": h.soon(0.5), "shutdownPolicy": policy}))
     claim = await h.wait_for(lambda: bound(cluster), 5)
     name = claim["status"]["sandbox"]["name"]
     await h.wait_for(lambda: cluster.api.get("sandboxes", h.NS, name) is None, 5,
@@ -186,3 +180,16 @@ async def test_template_gets_its_network_policy(cluster, controller):
                              {"spec": {"networkPolicyManagement": "Unmanaged"}})
     await h.wait_for(lambda: cluster.api.get("networkpolicies", h.NS,
                                              "python-network-policy") is None, 5)
+
+
+@pytest.mark.asyncio
+async def test_claims_are_served_after_watches_drop_and_history_is_compacted(cluster, controller):
+    await warm_pool(cluster, replicas=2)
+    cluster.api.close_watches()  # every informer resumes from its last version
+    await cluster.kube.create(R.CLAIMS, h.NS, h.claim("c"))
+    await h.wait_for(lambda: bound(cluster), 5, "bound after reconnecting")
+    cluster.api.compact()  # resuming now gets 410: every informer lists again
+    await cluster.kube.create(R.CLAIMS, h.NS, h.claim("d"))
+    await h.wait_for(lambda: bound(cluster, "d"), 5, "bound after relisting")
+    await h.wait_for(lambda: all(inf.relists >= 2 for inf in (
+        controller.ctx.claims, controller.ctx.sandboxes, controller.ctx.pods)), 5)

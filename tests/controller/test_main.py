@@ -32,12 +32,13 @@ def test_arguments_become_settings():
     args = build_parser().parse_args([
         "-n", "a", "-n", "b", "--lease-name", "l", "--lease-namespace", "ln",
         "--gateway-label", "app=gw", "--metrics-port", "0", "--no-leader-election",
-        "--warm-wait", "1.5"])
+        "--warm-wait", "1.5", "--allowed-label-domain", "example.org"])
     settings = settings_from(args)
     assert settings.namespaces == ["a", "b"]
     assert (settings.lease_name, settings.lease_namespace) == ("l", "ln")
     assert settings.gateway_labels == {"app": "gw"} and settings.metrics_port == 0
     assert settings.leader_election is False and settings.warm_wait == 1.5
+    assert settings.allowed_label_domains == ("example.org",)
     assert settings.identity  # defaults to the pod or host name
 
 

@@ -4,18 +4,11 @@ and PVCs, finished Pods not restarted, foreign Pods refused."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 
 from controller import naming as n
 from controller import resources as R
 from tests.controller import helpers as h
-
-
-def soon(seconds: float) -> str:
-    moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def sandbox_of(cluster, name="s"):
@@ -70,7 +63,7 @@ async def test_suspend_deletes_the_pod_and_resume_brings_a_new_ip(cluster, contr
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])
 async def test_shutdown_time_expires_the_sandbox(cluster, controller, policy):
     await cluster.kube.create(R.SANDBOXES, h.NS, h.sandbox(
-        "s", service=True, shutdownTime=soon(0.6), shutdownPolicy=policy))
+        "s", service=True, shutdownTime=h.soon(0.6), shutdownPolicy=policy))
     await h.wait_for(lambda: h.ready(sandbox_of(cluster)), 5)
     assert cluster.api.get("services", h.NS, "s") is not None
     await h.wait_for(lambda: cluster.api.get("pods", h.NS, "s") is None, 5, "pod deleted")

@@ -70,7 +70,7 @@ async def test_no_over_creation_under_a_burst_of_50_claims_with_a_lagging_watch(
     await h.wait_for(lambda: len(ready_members(cluster)) == 10, 10, "pool filled")
     peak = 0
     queue: asyncio.Queue = asyncio.Queue()
-    cluster.api.store.listeners.append(queue)
+    cluster.api.store.subscribe(queue, ("agents.x-k8s.io", "sandboxes"))
 
     async def watch_peak():
         nonlocal peak
@@ -88,7 +88,7 @@ async def test_no_over_creation_under_a_burst_of_50_claims_with_a_lagging_watch(
         await h.wait_for(lambda: len(ready_members(cluster)) == 10, 10, "pool refilled")
     finally:
         watcher.cancel()
-        cluster.api.store.listeners.remove(queue)
+        cluster.api.store.unsubscribe(queue)
     bound = [c["status"]["sandbox"]["name"] for c in claims]
     assert len(set(bound)) == 50
     assert peak <= 10, f"the pool over-created: {peak} members at once"

@@ -14,10 +14,13 @@ import requests
 
 
 class ServerProcess:
-    """A child process that logs `listening on HOST:PORT`; output is kept for assertions."""
+    """A child process that logs where it listens (`listening on HOST:PORT` unless told another
+    pattern with HOST and PORT groups); its output is kept for assertions."""
 
     def __init__(self, argv: list[str], env: dict[str, str], ready_path: str = "/health",
-                 ready_status: tuple[int, ...] = (200,), timeout: float = 60.0):
+                 ready_status: tuple[int, ...] = (200,), timeout: float = 60.0,
+                 url_pattern: str = r"listening on (\S+):(\d+)"):
+        self.url_pattern = re.compile(url_pattern)
         self.argv, self.env = argv, env
         self.output: list[str] = []
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -32,7 +35,7 @@ class ServerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
-            match = re.search(r"listening on (\S+):(\d+)", line)
+            match = self.url_pattern.search(line)
             if match and not self.url:
                 self.url = f"http://{match.group(1)}:{match.group(2)}"
                 self._port_found.set()

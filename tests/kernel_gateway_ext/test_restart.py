@@ -1,0 +1,103 @@
+"""The gateway as users run it (the `kernelcube` command, a real redis-server): sessions and
+their sandboxes survive a gateway restart and keep their state; a sandbox that died while the
+gateway was down is cleaned; a Redis outage answers 503 and the gateway recovers by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import requests
+
+from kernel_gateway_ext.providers.local import _descendants, sandboxes_root
+from tests.support.processes import ServerProcess
+from tests.support.redis import RedisServer, free_port
+
+from .conftest import SANDBOX_PYTHON, TOKEN, wait_gone
+
+pytestmark = pytest.mark.slow
+HEADERS = {"Authorization": f"token {TOKEN}"}
+
+
+class Gateway(ServerProcess):
+    def __init__(self, state_dir: str, redis_url: str, port: int):
+        argv = [os.path.join(os.path.dirname(SANDBOX_PYTHON), "..", "..", ".venv", "bin", "kernelcube")]
+        argv = [os.path.normpath(argv[0]), "--ip", "127.0.0.1", "--port", str(port), "--token", TOKEN,
+                "--redis-url", redis_url, "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON,
+                "--pool-size", "1"]
+        super().__init__(argv, dict(os.environ), ready_path="/health/ready",
+                         url_pattern=r"KernelCube gateway at http://(\S+):(\d+)")
+
+    def execute(self, code: str, session_id: str | None = None) -> requests.Response:
+        payload = {"code": code, **({"session_id": session_id} if session_id else {})}
+        return requests.post(self.url + "/v1/execute", json=payload, headers=HEADERS, timeout=60)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def test_sessions_survive_a_restart_and_redis_outages(tmp_path, redis_server):
+    state_dir, port = str(tmp_path / "state"), free_port()
+    first = Gateway(state_dir, redis_server.url, port)
+    try:
+        kept = first.execute("answer = 42").json()["session_id"]
+        lost = first.execute("doomed = True").json()["session_id"]
+    finally:
+        assert first.stop() == 0, first.log
+    assert "sessions persist in the store" in first.log
+
+    # While no gateway runs, the sandbox of `lost` dies.
+    lost_dir = os.path.join(sandboxes_root(state_dir), _sandbox_of(redis_server, lost))
+    _kill_picod(lost_dir)
+
+    second = Gateway(state_dir, redis_server.url, port)
+    try:
+        assert "re-adopted 1 session(s)" in second.log
+        answer = second.execute("answer", kept).json()
+        assert answer["results"][0]["text/plain"] == "42", answer
+        gone = second.execute("1", lost)
+        assert gone.status_code == 404 and gone.json()["code"] == "SESSION_NOT_FOUND"
+        assert not os.path.exists(lost_dir)
+        assert requests.delete(f"{second.url}/v1/sessions/{kept}", headers=HEADERS, timeout=30).status_code == 204
+
+        redis_server.stop()
+        down = requests.post(second.url + "/v1/sessions", json={}, headers=HEADERS, timeout=30)
+        assert down.status_code == 503 and down.json()["code"] == "STORE_UNAVAILABLE"
+        assert "redis://127.0.0.1" in down.json()["error"]
+        assert requests.get(second.url + "/health/ready", timeout=30).status_code == 503
+
+        redis_server.start()
+        recovered = second.execute("'back'")
+        assert recovered.status_code == 200 and recovered.json()["results"][0]["text/plain"] == "'back'"
+        session_id = recovered.json()["session_id"]
+        assert requests.delete(f"{second.url}/v1/sessions/{session_id}", headers=HEADERS, timeout=30).status_code == 204
+    finally:
+        assert second.stop() == 0, second.log
+    assert not wait_gone(sandboxes_root(state_dir)), "a sandbox outlived the test"
+
+
+def _sandbox_of(redis_server: RedisServer, session_id: str) -> str:
+    import json
+
+    import redis
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        return json.loads(client.get(f"session:{session_id}"))["sandboxId"]
+    finally:
+        client.close()
+
+
+def _kill_picod(sandbox_dir: str) -> None:
+    with open(os.path.join(sandbox_dir, "sandbox.json")) as f:
+        import json
+        pid = json.load(f)["handle"]["pid"]
+    for child in _descendants(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"picod_kernel.app" in f.read():
+                os.kill(child, signal.SIGKILL)
+                return
+    raise AssertionError("no PicoD found in the sandbox")
