@@ -110,6 +110,9 @@ class KernelBridge:
                     raise RuntimeError(f"the kernel did not answer kernel_info within {READY_TIMEOUT:.0f}s") from None
             finally:
                 self._waiters.pop(msg_id, None)
+        # IPython imports much on its first execution (~20 ms): pay that before reporting ready.
+        # A silent run leaves no trace: no output, no history, no execution count.
+        await self._run_silent("None")
         self.state = "ready"
         self.ready.set()
         log.info("kernel ready (pid namespace-local pid %s)", self._km.provisioner.pid if self._km.provisioner else "?")

@@ -64,6 +64,10 @@ def small_gateway(gateway_config):
 @pytest.mark.slow
 async def test_burst_of_200_session_requests(small_gateway, jp_fetch, gateway, jp_http_port):
     await wait_ready(jp_fetch)
+    deadline = time.monotonic() + 60
+    while len(gateway.pools["default"].ready) < 4:  # the whole warm pool, not just its first
+        assert time.monotonic() < deadline, "the pool never filled"
+        await asyncio.sleep(0.05)
     client = AsyncHTTPClient(force_instance=True, max_clients=200)  # all 200 in flight at once
     try:
         responses = await asyncio.gather(*(
