@@ -255,4 +255,9 @@ class KernelCubeApp(ExtensionApp):
         self.log.info("KernelCube stopped%s", "" if ephemeral else "; sessions persist in the store")
 
 
-main = launch_new_instance = KernelCubeApp.launch_instance
+def main(argv: list[str] | None = None) -> None:
+    """The `kernelcube` command. KERNELCUBE_TOKEN is the gateway token (JUPYTER_TOKEN works too)."""
+    token = os.environ.get("KERNELCUBE_TOKEN")
+    if token is not None:
+        os.environ.setdefault("JUPYTER_TOKEN", token)
+    KernelCubeApp.launch_instance(argv)
