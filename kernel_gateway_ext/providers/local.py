@@ -8,12 +8,14 @@ a restarted gateway re-adopts the claimed ones, and `sweep` cleans whatever no s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -100,16 +102,20 @@ class LocalProvider(SandboxProvider):
         directory = os.path.join(self.root, sandbox_id)
         workspace, run_dir = os.path.join(directory, "workspace"), os.path.join(directory, "run")
         python = template.python or self.python
-        argv, socket = await self._argv(template, python, workspace, run_dir)
+        env = self._environment(template, sandbox_id, python)
+        if template.kind == "agent-runtime":
+            argv, endpoint = await self._agent_argv(template, python, workspace, run_dir, env)
+        else:
+            argv, socket_path = await self._argv(template, python, workspace, run_dir)
+            endpoint = {"unix_socket": socket_path}
         await asyncio.to_thread(_make_dirs, workspace, run_dir)
-        log_path = os.path.join(directory, "picod.log")
+        log_path = os.path.join(directory, "sandbox.log")
         with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
             # Popen forks and returns at exec, as asyncio's own spawn does on the loop.
             proc = subprocess.Popen(  # noqa: ASYNC220
-                argv, env=self._environment(template, sandbox_id, python), stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, start_new_session=True, cwd=directory)
-        sandbox = Sandbox(sandbox_id, template.name, {"unix_socket": socket},
-                          {"pid": proc.pid, "dir": directory})
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, cwd=directory)
+        sandbox = Sandbox(sandbox_id, template.name, endpoint, {"pid": proc.pid, "dir": directory})
         self._children[sandbox_id] = proc
         try:
             await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
@@ -123,7 +129,26 @@ class LocalProvider(SandboxProvider):
             raise
         return sandbox
 
+    async def _agent_argv(self, template: Template, python: str, workspace: str, run_dir: str,
+                          env: dict[str, str]) -> tuple[list[str], dict]:
+        """An agent runtime runs the template's command with PORT set. It shares the host's
+        network, on a free loopback port, since the gateway must reach it over TCP."""
+        port = _free_loopback_port()
+        env["PORT"] = str(port)
+        limits = bwrap.prlimit_argv(template.rlimits)
+        if not self.bwrap_used(template):
+            return limits + list(template.command), {"url": f"http://127.0.0.1:{port}"}
+        if self.bwrap is None:
+            raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
+        shared = dataclasses.replace(template, network=True)
+        argv = bwrap.bwrap_argv(self.bwrap, shared, await self._python_roots(python), self.picod_package,
+                                workspace, run_dir)
+        return limits + argv + list(template.command), {"url": f"http://127.0.0.1:{port}"}
+
     async def _wait_ready(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
+        if "url" in sandbox.endpoint:
+            await self._wait_listening(sandbox, proc, log_path)
+            return
         client = PicodClient(sandbox.endpoint)
         deadline = time.monotonic() + START_TIMEOUT
         try:
@@ -142,6 +167,25 @@ class LocalProvider(SandboxProvider):
                                     f"{await _tail(log_path)}")
         finally:
             await client.close()
+
+    async def _wait_listening(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
+        """An agent is ready once its port accepts connections."""
+        host, port = sandbox.endpoint["url"].removeprefix("http://").rsplit(":", 1)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SandboxStartError(f"agent sandbox {sandbox.id} exited with {proc.returncode} while "
+                                        f"starting: {await _tail(log_path)}")
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(POLL_INTERVAL)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+        raise SandboxStartError(f"agent sandbox {sandbox.id} did not listen on port {port} within "
+                                f"{START_TIMEOUT:.0f}s: {await _tail(log_path)}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -215,6 +259,12 @@ def sandboxes_root(state_dir: str) -> str:
     short = os.path.join(tempfile.gettempdir(), f"kernelcube-{os.getuid()}-{digest}")
     log.info("state directory %s is too deep for Unix socket paths; sandboxes live in %s", state_dir, short)
     return short
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _make_dirs(*paths: str) -> None:

@@ -137,3 +137,26 @@ async def test_concurrency_limit_answers_429(jp_fetch, gateway):
     assert response.code == 429
     assert body(response) == {"error": "server overloaded, please try again later", "code": "SERVER_OVERLOADED"}
 
+
+
+@pytest.fixture
+def agent_template(gateway_config):
+    # A stand-in HTTP agent: it serves its workspace on the PORT it is given.
+    gateway_config["templates"] = {"files-agent": {
+        "kind": "agent-runtime", "pool_size": 1,
+        "command": ["sh", "-c", "echo agent-here > index.html; exec python3 -m http.server --bind 127.0.0.1 $PORT"]}}
+
+
+async def test_agent_runtime_through_the_router(agent_template, jp_fetch, gateway):
+    await wait_ready(jp_fetch)
+    first = await jp_fetch("v1", "namespaces", "default", "agent-runtimes", "files-agent", "invocations", "")
+    assert first.code == 200 and b"agent-here" in first.body
+    session_id = first.headers["x-agentcube-session-id"]
+    again = await jp_fetch("v1", "namespaces", "default", "agent-runtimes", "files-agent", "invocations",
+                           "index.html", headers={"x-agentcube-session-id": session_id})
+    assert again.body == b"agent-here\n" and again.headers["x-agentcube-session-id"] == session_id
+    # A code-interpreter name is not an agent runtime.
+    wrong = await jp_fetch("v1", "namespaces", "default", "agent-runtimes", "default", "invocations", "",
+                           raise_error=False)
+    assert wrong.code == 404
+    await jp_fetch("v1", "agent-runtime", "sessions", session_id, method="DELETE")
