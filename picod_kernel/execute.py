@@ -125,6 +125,12 @@ async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[st
             _kill_group(pid)
     except asyncio.CancelledError:
         _kill_group(pid)
+        # Let the child watcher collect the exit status before the transport is closed: closing
+        # first would reap the child under the watcher's feet and leave its Popen unfinished.
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.exited), GRACE_SECONDS)
+        except asyncio.TimeoutError:
+            pass
         raise
     finally:
         transport.close()
