@@ -7,7 +7,6 @@ one place, so no handler repeats an error dict and no body ever carries a traceb
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 
@@ -81,7 +80,12 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
         stream = self.request.connection.stream if self.request.connection else None
         if stream is not None and not stream.closed():
             stream.set_nodelay(True)
-        await super().prepare()
+        # jupyter-server's user and cookie machinery is skipped on purpose: these faces
+        # authenticate by token (or, on the Router, by session id), and that machinery costs
+        # on every call. Its Host check (against DNS rebinding) is kept.
+        self.current_user = self._jupyter_current_user = None
+        if not self.check_host():
+            raise web.HTTPError(403)
         await self.gateway.ensure_started()
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.gateway.max_body_bytes:
@@ -174,6 +178,3 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(self.error_body(status_code, code, message)))
 
-
-async def with_timeout(awaitable, timeout: float | None):
-    return await asyncio.wait_for(awaitable, timeout) if timeout else await awaitable

@@ -102,8 +102,10 @@ class ExecuteHandler(GatewayHandler):
             if response.status != 200:
                 raise _picod_error(response.status, await response.read())
             if not stream:
-                result = json.loads(await response.read())
-                self.write_json({"session_id": session.record.session_id, **result})
+                raw = await response.read()
+                # Splice the session id into PicoD's JSON object rather than decode and re-encode it.
+                self.set_header("Content-Type", "application/json")
+                self.finish(b'{"session_id": ' + json.dumps(session.record.session_id).encode() + b", " + raw[1:])
                 return
             self.set_header("Content-Type", NDJSON)
             self.set_header("Cache-Control", "no-cache")
