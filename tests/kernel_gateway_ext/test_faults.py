@@ -147,3 +147,24 @@ async def test_health_and_metrics(jp_fetch, gateway):
     for name in ("kernelcube_pool_ready{", "kernelcube_claim_seconds_bucket{", "kernelcube_sessions_created_total{",
                  "kernelcube_sandbox_start_seconds_count{"):
         assert name in metrics, name
+
+
+@pytest.fixture
+def pool_of_three(gateway_config):
+    gateway_config.update({"pool_size": 3})
+
+
+async def test_refill_never_over_creates(pool_of_three, jp_fetch, gateway):
+    pool = gateway.pools["default"]
+    await wait_ready(jp_fetch)
+    claimed = [await new_session(jp_fetch) for _ in range(5)]  # 3 warm, 2 cold
+    most, deadline = 0, time.monotonic() + 30
+    while not (len(pool.ready) == 3 and pool.creating == 0):
+        most = max(most, len(pool.ready) + pool.creating)
+        assert time.monotonic() < deadline, "the pool did not refill"
+        await asyncio.sleep(0.01)
+    assert most <= 3, f"the pool held or started {most} sandboxes for a size of 3"
+    assert len(pool.ready) == 3 and gateway.capacity.used == 3 + len(claimed)
+    for session_id in claimed:
+        await jp_fetch("v1", "sessions", session_id, method="DELETE")
+    assert gateway.capacity.used == 3
