@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,8 +21,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-
-import picod_kernel
 
 from ..picod_client import PicodClient
 from ..templates import Template
@@ -44,7 +43,8 @@ class LocalProvider(SandboxProvider):
         self.public_pem = public_pem
         self.isolation = isolation
         self.python = python
-        self.picod_package = os.path.dirname(os.path.abspath(picod_kernel.__file__))
+        # Located, not imported: the gateway speaks to PicoD only over HTTP.
+        self.picod_package = importlib.util.find_spec("picod_kernel").submodule_search_locations[0]
         self.bwrap = bwrap.find_bwrap()
         self._roots: dict[str, list[str]] = {}
         # Plain Popen objects, not asyncio transports: a transport kills its process when it is
@@ -73,18 +73,19 @@ class LocalProvider(SandboxProvider):
         return self._roots[python]
 
     async def _argv(self, template: Template, python: str, workspace: str, run_dir: str) -> tuple[list[str], str]:
-        isolation = template.isolation or self.isolation
+        """PicoD's command line and the host path of its socket."""
         limits = bwrap.prlimit_argv(template.rlimits)
-        if isolation == "none":
-            socket = os.path.join(run_dir, bwrap.SOCKET_NAME)
-            return limits + bwrap.picod_bootstrap(python, socket, workspace, os.path.dirname(self.picod_package)), socket
+        socket_path = os.path.join(run_dir, bwrap.SOCKET_NAME)
+        if not self.bwrap_used(template):
+            source = os.path.dirname(self.picod_package)
+            return limits + bwrap.picod_bootstrap(python, socket_path, workspace, source), socket_path
         if self.bwrap is None:
             raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
         roots = await self._python_roots(python)
         argv = bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         argv += bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE)
-        return limits + argv, os.path.join(run_dir, bwrap.SOCKET_NAME)
+        return limits + argv, socket_path
 
     def bwrap_used(self, template: Template) -> bool:
         return (template.isolation or self.isolation) != "none"

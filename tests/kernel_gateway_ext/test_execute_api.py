@@ -127,3 +127,30 @@ async def test_token_required(jp_fetch, gateway):
         await jp_fetch("v1", "sessions", headers={"Authorization": "token wrong"})
     assert info.value.code == 401
     assert body(info.value.response)["code"] == "UNAUTHORIZED"
+
+
+@pytest.fixture
+def no_isolation(gateway_config):
+    gateway_config["isolation"] = "none"
+
+
+async def test_isolation_none_runs_plain_processes(no_isolation, jp_fetch, gateway):
+    result = body(await execute(jp_fetch, code="import os; os.getcwd()"))
+    workspace = result["results"][0]["text/plain"].strip("'")
+    assert workspace.startswith(gateway.provider.root) and workspace.endswith("/workspace")
+
+
+async def test_sandbox_is_isolated(jp_fetch, gateway):
+    script = ("pwd; grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | paste -sd,; "
+              "python3 -c 'import jupyter_server' 2>&1 | tail -1; "
+              "python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 53), timeout=2)' 2>&1 | tail -1; "
+              "touch /usr/x 2>&1; echo $PICOD_AUTH_PUBLIC_KEY")
+    result = body(await execute(jp_fetch, code=script, language="bash"))
+    lines = result["stdout"].splitlines()
+    assert lines[0] == "/workspace"
+    assert lines[1] == "CapEff:\t0000000000000000"
+    assert lines[2] == "lo"  # no network but loopback
+    assert "No module named 'jupyter_server'" in lines[3]  # the gateway's packages are not there
+    assert "unreachable" in lines[4].lower() or "Errno" in lines[4]
+    assert "Read-only file system" in lines[5]
+    assert lines[6] == ""  # the daemon's key is not in the user's environment

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 import requests
@@ -22,8 +23,7 @@ HEADERS = {"Authorization": f"token {TOKEN}"}
 
 class Gateway(ServerProcess):
     def __init__(self, state_dir: str, redis_url: str, port: int):
-        argv = [os.path.join(os.path.dirname(SANDBOX_PYTHON), "..", "..", ".venv", "bin", "kernelcube")]
-        argv = [os.path.normpath(argv[0]), "--ip", "127.0.0.1", "--port", str(port), "--token", TOKEN,
+        argv = [os.path.join(os.path.dirname(sys.executable), "kernelcube"), "--ip", "127.0.0.1", "--port", str(port), "--token", TOKEN,
                 "--redis-url", redis_url, "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON,
                 "--pool-size", "1"]
         super().__init__(argv, dict(os.environ), ready_path="/health/ready",
