@@ -9,7 +9,7 @@ import json
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from .conftest import body, wait_ready
+from .conftest import TOKEN, body, wait_ready
 
 
 async def execute(jp_fetch, **payload):
@@ -127,6 +127,13 @@ async def test_token_required(jp_fetch, gateway):
         await jp_fetch("v1", "sessions", headers={"Authorization": "token wrong"})
     assert info.value.code == 401
     assert body(info.value.response)["code"] == "UNAUTHORIZED"
+    for header in (f"Bearer {TOKEN}", f"token {TOKEN}"):
+        assert (await jp_fetch("v1", "sessions", headers={"Authorization": header})).code == 200
+    by_query = await jp_fetch("v1", "sessions", params={"token": TOKEN}, headers={"Authorization": ""})
+    assert by_query.code == 200
+    wrong_query = await jp_fetch("v1", "sessions", params={"token": "wrong"}, headers={"Authorization": ""},
+                                 raise_error=False)
+    assert wrong_query.code == 401
 
 
 @pytest.fixture
