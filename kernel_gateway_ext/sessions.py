@@ -98,6 +98,8 @@ class SessionManager:
         except BaseException:
             await self._destroy_sandbox(sandbox)
             raise
+        if self.store.persistent:
+            self.provider.keep_on_exit(sandbox.id)
         self.metrics.sessions_created.labels(template_name).inc()
         log.info("session %s on sandbox %s (template %s, %s claim)", record.session_id, sandbox.id,
                  template_name, path)

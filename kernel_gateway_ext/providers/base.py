@@ -63,5 +63,9 @@ class SandboxProvider(abc.ABC):
     async def sweep(self, keep: set[str]) -> int:
         """Destroy every sandbox of this provider whose id is not in `keep`; return how many."""
 
+    def keep_on_exit(self, sandbox_id: str) -> None:  # noqa: B027 -- an optional hook
+        """Called by the session manager when a sandbox's session is in a persistent store: that
+        sandbox must survive this gateway; every other sandbox it started must not."""
+
     async def close(self) -> None:  # noqa: B027 -- an optional hook, empty by default
         """Release resources. Called once at gateway shutdown, after the pools are drained."""

@@ -8,6 +8,8 @@ a restarted gateway re-adopts the claimed ones, and `sweep` cleans whatever no s
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -50,6 +52,11 @@ class LocalProvider(SandboxProvider):
         # Plain Popen objects, not asyncio transports: a transport kills its process when it is
         # closed, and claimed sandboxes must outlive this gateway when the store persists.
         self._children: dict[str, subprocess.Popen] = {}
+        self._handles: dict[str, dict] = {}
+        self._kept: set[str] = set()
+        # The last line of defence when the loop stops before shutdown finishes (a second
+        # Ctrl-C): every sandbox this gateway started dies with it, unless marked to be kept.
+        atexit.register(self._kill_unkept)
 
     # -- creation ----------------------------------------------------------------------------
 
@@ -118,6 +125,7 @@ class LocalProvider(SandboxProvider):
                 start_new_session=True, cwd=directory)
         sandbox = Sandbox(sandbox_id, template.name, endpoint, {"pid": proc.pid, "dir": directory})
         self._children[sandbox_id] = proc
+        self._handles[sandbox_id] = sandbox.handle
         try:
             await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
             await self._wait_ready(sandbox, proc, log_path)
@@ -190,7 +198,23 @@ class LocalProvider(SandboxProvider):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def keep_on_exit(self, sandbox_id: str) -> None:
+        """The sandbox belongs to a session that outlives the gateway (a persistent store)."""
+        self._kept.add(sandbox_id)
+
+    def _kill_unkept(self) -> None:
+        for sandbox_id in list(self._children):
+            if sandbox_id not in self._kept:
+                handle = self._handles.get(sandbox_id, {})
+                for key in ("pid", "init"):
+                    if handle.get(key) and _is_ours(handle[key], sandbox_id):
+                        _kill_tree(handle[key])
+                if handle.get("dir"):
+                    shutil.rmtree(handle["dir"], ignore_errors=True)
+
     async def destroy(self, sandbox: Sandbox) -> None:
+        self._handles.pop(sandbox.id, None)
+        self._kept.discard(sandbox.id)
         proc = self._children.pop(sandbox.id, None)
         for key in ("pid", "init"):
             pid = sandbox.handle.get(key)
@@ -221,8 +245,13 @@ class LocalProvider(SandboxProvider):
         return swept
 
     async def close(self) -> None:
-        """Forget the children: whatever still runs is claimed and outlives us on purpose."""
+        """Kill what should not outlive us, forget the rest (claimed, kept on purpose)."""
+        self._kill_unkept()
         self._children.clear()
+        self._handles.clear()
+        atexit.unregister(self._kill_unkept)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
 
 
 async def _reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:

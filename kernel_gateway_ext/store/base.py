@@ -73,7 +73,10 @@ class SessionStore(abc.ABC):
 
     Called by the session manager (create, get, update, delete, touch), the reaper
     (expired, idle) and the health handler (ping). All writes that touch several keys are atomic.
+    `persistent`: whether sessions outlive the gateway (their sandboxes must then survive it).
     """
+
+    persistent = False
 
     @abc.abstractmethod
     async def create(self, record: SessionRecord) -> None:

@@ -113,6 +113,8 @@ def redact(url: str) -> str:
 class RedisStore(SessionStore):
     """Sessions shared by every gateway replica pointing at the same Redis."""
 
+    persistent = True
+
     def __init__(self, url: str, prefix: str = "", *, connect_timeout: float = 2.0,
                  timeout: float = 5.0, max_connections: int = 50,
                  default_idle_timeout: float = 900.0, **client_options) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest
 import requests
@@ -23,6 +24,7 @@ HEADERS = {"Authorization": f"token {TOKEN}"}
 
 class Gateway(ServerProcess):
     def __init__(self, state_dir: str, redis_url: str, port: int):
+        """`redis_url` empty: the in-memory store."""
         argv = [os.path.join(os.path.dirname(sys.executable), "kernelcube"), "--ip", "127.0.0.1", "--port", str(port), "--token", TOKEN,
                 "--redis-url", redis_url, "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON,
                 "--pool-size", "1"]
@@ -101,3 +103,19 @@ def _kill_picod(sandbox_dir: str) -> None:
                 os.kill(child, signal.SIGKILL)
                 return
     raise AssertionError("no PicoD found in the sandbox")
+
+
+def test_a_double_interrupt_still_leaves_nothing_running(tmp_path):
+    """Two SIGTERMs in a row (a double Ctrl-C): with the in-memory store no sandbox, claimed
+    or warm, may outlive the gateway."""
+    state_dir = str(tmp_path / "state")
+    gateway = Gateway(state_dir, "", free_port())
+    try:
+        assert gateway.execute("1+1").status_code == 200
+        gateway.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)  # two signals, not one coalesced by the kernel
+        gateway.proc.send_signal(signal.SIGTERM)
+        gateway.proc.wait(30)
+    finally:
+        gateway.stop()
+    assert not wait_gone(sandboxes_root(state_dir)), "a sandbox outlived the interrupted gateway"
