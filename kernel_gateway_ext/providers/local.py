@@ -51,8 +51,7 @@ class LocalProvider(SandboxProvider):
         self._roots: dict[str, list[str]] = {}
         # Plain Popen objects, not asyncio transports: a transport kills its process when it is
         # closed, and claimed sandboxes must outlive this gateway when the store persists.
-        self._children: dict[str, subprocess.Popen] = {}
-        self._handles: dict[str, dict] = {}
+        self._children: dict[str, tuple[subprocess.Popen, dict]] = {}  # id -> (process, handle)
         self._kept: set[str] = set()
         # The last line of defence when the loop stops before shutdown finishes (a second
         # Ctrl-C): every sandbox this gateway started dies with it, unless marked to be kept.
@@ -86,13 +85,17 @@ class LocalProvider(SandboxProvider):
         if not self.bwrap_used(template):
             source = os.path.dirname(self.picod_package)
             return limits + bwrap.picod_bootstrap(python, socket_path, workspace, source), socket_path
-        if self.bwrap is None:
-            raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
-        roots = await self._python_roots(python)
-        argv = bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
+        argv = await self._bwrap_prefix(template, python, workspace, run_dir)
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         argv += bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE)
         return limits + argv, socket_path
+
+    async def _bwrap_prefix(self, template: Template, python: str, workspace: str, run_dir: str) -> list[str]:
+        """bubblewrap's command line up to the command it runs."""
+        if self.bwrap is None:
+            raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
+        roots = await self._python_roots(python)
+        return bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
 
     def bwrap_used(self, template: Template) -> bool:
         return (template.isolation or self.isolation) != "none"
@@ -124,8 +127,7 @@ class LocalProvider(SandboxProvider):
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, cwd=directory)
         sandbox = Sandbox(sandbox_id, template.name, endpoint, {"pid": proc.pid, "dir": directory})
-        self._children[sandbox_id] = proc
-        self._handles[sandbox_id] = sandbox.handle
+        self._children[sandbox_id] = (proc, sandbox.handle)
         try:
             await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
             await self._wait_ready(sandbox, proc, log_path)
@@ -144,57 +146,29 @@ class LocalProvider(SandboxProvider):
         network, on a free loopback port, since the gateway must reach it over TCP."""
         port = _free_loopback_port()
         env["PORT"] = str(port)
-        limits = bwrap.prlimit_argv(template.rlimits)
-        if not self.bwrap_used(template):
-            return limits + list(template.command), {"url": f"http://127.0.0.1:{port}"}
-        if self.bwrap is None:
-            raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
-        shared = dataclasses.replace(template, network=True)
-        argv = bwrap.bwrap_argv(self.bwrap, shared, await self._python_roots(python), self.picod_package,
-                                workspace, run_dir)
-        return limits + argv + list(template.command), {"url": f"http://127.0.0.1:{port}"}
+        argv = bwrap.prlimit_argv(template.rlimits)
+        if self.bwrap_used(template):
+            shared = dataclasses.replace(template, network=True)
+            argv += await self._bwrap_prefix(shared, python, workspace, run_dir)
+        return argv + list(template.command), {"url": f"http://127.0.0.1:{port}"}
 
     async def _wait_ready(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
-        if "url" in sandbox.endpoint:
-            await self._wait_listening(sandbox, proc, log_path)
-            return
-        client = PicodClient(sandbox.endpoint)
+        """Poll until the sandbox answers: PicoD's /health (kernel ready), or an agent's port."""
+        client = None if "url" in sandbox.endpoint else PicodClient(sandbox.endpoint)
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise SandboxStartError(f"sandbox {sandbox.id} exited with {proc.returncode} while starting: "
                                             f"{await _tail(log_path)}")
-                status, body = await client.health()  # 0 until the socket exists
-                if status == 200:
+                if await (_picod_ready(sandbox, client) if client else _listening(sandbox.endpoint["url"])):
                     return
-                if body.get("kernel") == "failed":
-                    raise SandboxStartError(f"sandbox {sandbox.id}: the kernel failed to start: "
-                                            f"{body.get('kernel_error')}")
                 await asyncio.sleep(POLL_INTERVAL)
             raise SandboxStartError(f"sandbox {sandbox.id} was not ready within {START_TIMEOUT:.0f}s: "
                                     f"{await _tail(log_path)}")
         finally:
-            await client.close()
-
-    async def _wait_listening(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
-        """An agent is ready once its port accepts connections."""
-        host, port = sandbox.endpoint["url"].removeprefix("http://").rsplit(":", 1)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SandboxStartError(f"agent sandbox {sandbox.id} exited with {proc.returncode} while "
-                                        f"starting: {await _tail(log_path)}")
-            try:
-                _, writer = await asyncio.open_connection(host, int(port))
-            except OSError:
-                await asyncio.sleep(POLL_INTERVAL)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise SandboxStartError(f"agent sandbox {sandbox.id} did not listen on port {port} within "
-                                f"{START_TIMEOUT:.0f}s: {await _tail(log_path)}")
+            if client is not None:
+                await client.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -203,25 +177,18 @@ class LocalProvider(SandboxProvider):
         self._kept.add(sandbox_id)
 
     def _kill_unkept(self) -> None:
-        for sandbox_id in list(self._children):
+        for sandbox_id, (_, handle) in list(self._children.items()):
             if sandbox_id not in self._kept:
-                handle = self._handles.get(sandbox_id, {})
-                for key in ("pid", "init"):
-                    if handle.get(key) and _is_ours(handle[key], sandbox_id):
-                        _kill_tree(handle[key])
+                _kill_sandbox(sandbox_id, handle)
                 if handle.get("dir"):
                     shutil.rmtree(handle["dir"], ignore_errors=True)
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        self._handles.pop(sandbox.id, None)
         self._kept.discard(sandbox.id)
-        proc = self._children.pop(sandbox.id, None)
-        for key in ("pid", "init"):
-            pid = sandbox.handle.get(key)
-            if pid and _is_ours(pid, sandbox.id):
-                _kill_tree(pid)
-        if proc is not None:
-            await _reap(proc)
+        child = self._children.pop(sandbox.id, None)
+        _kill_sandbox(sandbox.id, sandbox.handle)
+        if child is not None:
+            await _reap(child[0])
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
             await asyncio.to_thread(shutil.rmtree, directory, True)
@@ -248,7 +215,6 @@ class LocalProvider(SandboxProvider):
         """Kill what should not outlive us, forget the rest (claimed, kept on purpose)."""
         self._kill_unkept()
         self._children.clear()
-        self._handles.clear()
         atexit.unregister(self._kill_unkept)
         with contextlib.suppress(OSError):
             os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
@@ -352,6 +318,33 @@ def _descendants(pid: int) -> list[int]:
             found += children
             stack += children
     return found
+
+
+def _kill_sandbox(sandbox_id: str, handle: dict) -> None:
+    """Kill bwrap (or the bare daemon) and the namespace init, each only if it still is ours."""
+    for key in ("pid", "init"):
+        pid = handle.get(key)
+        if pid and _is_ours(pid, sandbox_id):
+            _kill_tree(pid)
+
+
+async def _picod_ready(sandbox: Sandbox, client: PicodClient) -> bool:
+    status, body = await client.health()  # 0 until the socket exists
+    if body.get("kernel") == "failed":
+        raise SandboxStartError(f"sandbox {sandbox.id}: the kernel failed to start: {body.get('kernel_error')}")
+    return status == 200
+
+
+async def _listening(url: str) -> bool:
+    """An agent is ready once its port accepts connections."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        _, writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 def _kill_tree(pid: int) -> None:
