@@ -9,13 +9,14 @@ executions in flight with status "dead" and starts a fresh kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -91,25 +92,31 @@ class KernelBridge:
             log.error("kernel failed to start: %s", self.failure)
             self._notify()
 
+    @contextlib.contextmanager
+    def _replies(self, msg_id: str) -> Iterator[asyncio.Queue]:
+        """The queue the pumps fill with replies to one request, for as long as it is awaited."""
+        self._waiters[msg_id] = queue = asyncio.Queue()
+        try:
+            yield queue
+        finally:
+            self._waiters.pop(msg_id, None)
+
     async def _wait_ready(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
         while True:
             if not await self._km.is_alive():
                 raise RuntimeError("the kernel process exited during startup")
-            msg_id = self._client.kernel_info()
-            queue = self._waiters.setdefault(msg_id, asyncio.Queue())
             try:
-                while True:
-                    msg = await asyncio.wait_for(queue.get(), 1.0)
-                    if msg is not DEAD and msg["header"]["msg_type"] == "kernel_info_reply":
-                        break
+                with self._replies(self._client.kernel_info()) as queue:
+                    while True:
+                        msg = await asyncio.wait_for(queue.get(), 1.0)
+                        if msg is not DEAD and msg["header"]["msg_type"] == "kernel_info_reply":
+                            break
                 break
             except asyncio.TimeoutError:
                 if loop.time() > deadline:
                     raise RuntimeError(f"the kernel did not answer kernel_info within {READY_TIMEOUT:.0f}s") from None
-            finally:
-                self._waiters.pop(msg_id, None)
         # IPython imports much on its first execution (~20 ms): pay that before reporting ready.
         # A silent run leaves no trace: no output, no history, no execution count.
         await self._run_silent("None")
@@ -212,12 +219,8 @@ class KernelBridge:
             if env:
                 await self._run_silent(f"__import__('os').environ.update({json.dumps(env)})")
             collector = ExecutionCollector(on_event)
-            msg_id = self._client.execute(code, allow_stdin=False)
-            queue = self._waiters.setdefault(msg_id, asyncio.Queue())
-            try:
+            with self._replies(self._client.execute(code, allow_stdin=False)) as queue:
                 status = await self._collect(queue, collector, timeout)
-            finally:
-                self._waiters.pop(msg_id, None)
             return collector.finish(status)
 
     async def _collect(self, queue: asyncio.Queue, collector: ExecutionCollector,
@@ -256,15 +259,12 @@ class KernelBridge:
         return None
 
     async def _run_silent(self, code: str) -> None:
-        msg_id = self._client.execute(code, silent=True, store_history=False, allow_stdin=False)
-        queue = self._waiters.setdefault(msg_id, asyncio.Queue())
-        try:
+        with self._replies(self._client.execute(code, silent=True, store_history=False,
+                                                allow_stdin=False)) as queue:
             while True:
                 msg = await asyncio.wait_for(queue.get(), 10)
                 if msg is DEAD or msg["msg_type"] == "execute_reply":
                     return
-        finally:
-            self._waiters.pop(msg_id, None)
 
     async def interrupt(self) -> None:
         self._require_ready()
