@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from kernel_gateway_ext.providers.local import _descendants
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SANDBOX_PYTHON = os.path.join(REPO, ".sandbox-venv", "bin", "python")
 TOKEN = "test-token-0123456789"
@@ -33,6 +35,15 @@ def sandbox_processes(root: str) -> list[int]:
         if marker in cmdline and not zombie:
             found.append(int(pid))
     return found
+
+
+def picod_pid(sandbox_pid: int) -> int:
+    """The PicoD daemon among the sandbox's processes."""
+    for pid in _descendants(sandbox_pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"picod_kernel.app" in f.read():
+                return pid
+    raise AssertionError("no PicoD process found in the sandbox")
 
 
 def wait_gone(root: str, timeout: float = 10.0) -> list[int]:

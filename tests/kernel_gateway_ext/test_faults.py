@@ -14,18 +14,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from kernel_gateway_ext.providers.local import _descendants
-
-from .conftest import TOKEN, body, wait_ready
-
-
-def picod_pid(sandbox_pid: int) -> int:
-    """The PicoD daemon among the sandbox's processes."""
-    for pid in _descendants(sandbox_pid):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"picod_kernel.app" in f.read():
-                return pid
-    raise AssertionError("no PicoD process found in the sandbox")
+from .conftest import TOKEN, body, picod_pid, wait_ready
 
 
 async def new_session(jp_fetch, template: str = "default") -> str:

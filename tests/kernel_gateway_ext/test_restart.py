@@ -4,6 +4,7 @@ gateway was down is cleaned; a Redis outage answers 503 and the gateway recovers
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -12,11 +13,11 @@ import time
 import pytest
 import requests
 
-from kernel_gateway_ext.providers.local import _descendants, sandboxes_root
+from kernel_gateway_ext.providers.local import sandboxes_root
 from tests.support.processes import ServerProcess
 from tests.support.redis import RedisServer, free_port
 
-from .conftest import SANDBOX_PYTHON, TOKEN, wait_gone
+from .conftest import SANDBOX_PYTHON, TOKEN, picod_pid, wait_gone
 
 pytestmark = pytest.mark.slow
 HEADERS = {"Authorization": f"token {TOKEN}"}
@@ -83,8 +84,6 @@ def test_sessions_survive_a_restart_and_redis_outages(tmp_path, redis_server):
 
 
 def _sandbox_of(redis_server: RedisServer, session_id: str) -> str:
-    import json
-
     import redis
     client = redis.Redis.from_url(redis_server.url)
     try:
@@ -95,14 +94,7 @@ def _sandbox_of(redis_server: RedisServer, session_id: str) -> str:
 
 def _kill_picod(sandbox_dir: str) -> None:
     with open(os.path.join(sandbox_dir, "sandbox.json")) as f:
-        import json
-        pid = json.load(f)["handle"]["pid"]
-    for child in _descendants(pid):
-        with open(f"/proc/{child}/cmdline", "rb") as f:
-            if b"picod_kernel.app" in f.read():
-                os.kill(child, signal.SIGKILL)
-                return
-    raise AssertionError("no PicoD found in the sandbox")
+        os.kill(picod_pid(json.load(f)["handle"]["pid"]), signal.SIGKILL)
 
 
 def test_a_double_interrupt_still_leaves_nothing_running(tmp_path):
