@@ -29,6 +29,7 @@ log = logging.getLogger("picod.kernel")
 KERNEL_NAME = "picod-python"
 READY_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0
+IOPUB_GRACE = 5.0  # seconds iopub may trail the execute_reply
 MAX_RESTART_FAILURES = 5
 DEAD = object()  # queued to an execution whose kernel died
 
@@ -65,8 +66,12 @@ class KernelBridge:
     def _make_manager(self) -> AsyncKernelManager:
         spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
         os.makedirs(spec_dir)
+        # History in memory: `In`, `Out` and %history work, but kernels never share (or lock) a
+        # history database on disk, and nothing is left behind in the workspace or HOME.
+        argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                "--HistoryManager.hist_file=:memory:"]
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-            json.dump({"argv": [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            json.dump({"argv": argv,
                        "display_name": "Python 3 (sandbox)", "language": "python",
                        "interrupt_mode": "signal"}, f)
         # The restart keeps the IPC paths, so our client and the relays stay connected.
@@ -102,21 +107,20 @@ class KernelBridge:
             self._waiters.pop(msg_id, None)
 
     async def _wait_ready(self) -> None:
+        """Ready means both channels are proven live: a kernel_info_reply on shell *and* the
+        kernel's iopub status for that same request. A kernel answers shell before our iopub
+        subscription has reached it (at start, and again after every restart, when the sockets
+        reconnect): output published then is dropped, and an execution whose final `idle` is
+        lost would wait forever. So keep asking until iopub answers too (as jupyter_server's
+        kernel nudge does)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
-        while True:
+        while not await self._kernel_info_on_both_channels():
             if not await self._km.is_alive():
                 raise RuntimeError("the kernel process exited during startup")
-            try:
-                with self._replies(self._client.kernel_info()) as queue:
-                    while True:
-                        msg = await asyncio.wait_for(queue.get(), 1.0)
-                        if msg is not DEAD and msg["header"]["msg_type"] == "kernel_info_reply":
-                            break
-                break
-            except asyncio.TimeoutError:
-                if loop.time() > deadline:
-                    raise RuntimeError(f"the kernel did not answer kernel_info within {READY_TIMEOUT:.0f}s") from None
+            if loop.time() > deadline:
+                raise RuntimeError(f"the kernel did not answer kernel_info on shell and iopub "
+                                   f"within {READY_TIMEOUT:.0f}s")
         # IPython imports much on its first execution (~20 ms): pay that before reporting ready.
         # A silent run leaves no trace: no output, no history, no execution count.
         await self._run_silent("None")
@@ -124,6 +128,21 @@ class KernelBridge:
         self.ready.set()
         log.info("kernel ready (pid namespace-local pid %s)", self._km.provisioner.pid if self._km.provisioner else "?")
         self._notify()
+
+    async def _kernel_info_on_both_channels(self, wait: float = 1.0) -> bool:
+        replied = published = False
+        with self._replies(self._client.kernel_info()) as queue:
+            try:
+                while not (replied and published):
+                    msg = await asyncio.wait_for(queue.get(), wait)
+                    if msg is DEAD:
+                        return False
+                    kind = msg["header"]["msg_type"]
+                    replied = replied or kind == "kernel_info_reply"
+                    published = published or kind == "status"
+            except asyncio.TimeoutError:
+                return False
+        return True
 
     async def shutdown(self) -> None:
         for task in [*self._pumps, self._watcher]:
@@ -230,11 +249,19 @@ class KernelBridge:
         interrupted = False
         while not collector.done:
             remaining = None if deadline is None else deadline - loop.time()
+            if collector.replied:  # only iopub's trailing messages are due now
+                remaining = IOPUB_GRACE if remaining is None else min(remaining, IOPUB_GRACE)
             try:
                 if remaining is not None and remaining <= 0:
                     raise asyncio.TimeoutError
                 msg = await asyncio.wait_for(queue.get(), remaining)
             except asyncio.TimeoutError:
+                if collector.replied and not interrupted and (deadline is None or loop.time() < deadline):
+                    # The kernel finished, but its final iopub `idle` never came: iopub lost
+                    # messages. Answer with what arrived rather than wait forever.
+                    log.warning("no iopub idle %.0fs after the execute_reply; output may be incomplete",
+                                IOPUB_GRACE)
+                    break
                 if interrupted:
                     log.warning("kernel ignored an interrupt for %.0fs; restarting it", INTERRUPT_GRACE)
                     await self.restart()

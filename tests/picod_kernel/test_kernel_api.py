@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 
@@ -91,13 +90,22 @@ def test_timeout_interrupts_and_kernel_stays_usable(picod):
 
 
 def test_interrupt_endpoint(picod):
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(run(picod, "while True: pass")))
-    worker.start()
-    time.sleep(0.5)
+    # Interrupt only once the loop runs (its first output is streamed): a SIGINT that reaches an
+    # idle kernel is lost, and the loop would then hold the module's shared kernel forever. The
+    # run's own timeout is the backstop that frees the kernel if this test fails.
+    response = picod.request("POST", "/api/run", headers={"Accept": "application/x-ndjson"}, stream=True,
+                             json={"code": "print('looping', flush=True)\nwhile True: pass", "timeout": 30})
+    lines = response.iter_lines()
+    events = []
+    for line in lines:
+        events.append(json.loads(line))
+        if events[-1]["type"] == "stdout":
+            break
+    assert events[-1] == {"type": "stdout", "text": "looping\n"}
     assert picod.request("POST", "/api/kernel/interrupt").json() == {"status": "ok"}
-    worker.join(10)
-    assert result["status"] == "error" and result["error"]["name"] == "KeyboardInterrupt"
+    events += [json.loads(line) for line in lines if line]
+    assert events[-2]["type"] == "error" and events[-2]["name"] == "KeyboardInterrupt"
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "error"
 
 
 def test_kernel_death_is_reported_and_kernel_restarted(fresh_picod):
