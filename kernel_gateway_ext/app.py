@@ -22,6 +22,8 @@ from .metrics import Metrics
 from .pool import Capacity, WarmPool
 from .providers.bwrap import find_bwrap
 from .providers.local import LocalProvider
+from .providers.userns import DEFAULT_BASE as DEFAULT_UID_BASE
+from .providers.userns import UsernsError
 from .sessions import SessionManager
 from .store import MemoryStore, make_store
 from .templates import TemplateError, load_templates
@@ -80,6 +82,9 @@ class KernelCubeApp(ExtensionApp):
                                        "every key. 'default' always exists. Env: KERNELCUBE_TEMPLATES (JSON).")
     max_sandboxes = Int(config=True, help="Most live sandboxes (warm, starting and in use) at once. "
                                           "Env: KERNELCUBE_MAX_SANDBOXES.")
+    sandbox_uid_base = Int(config=True, help="First host uid/gid of the range the sandboxes' ids map to "
+                                             "(65536 ids; none of them is host root, and no host account "
+                                             "should use them). Env: KERNELCUBE_SANDBOX_UID_BASE.")
     max_parallel_starts = Int(2, config=True, help="Sandboxes a pool starts at the same time.")
     claim_timeout = Float(config=True, help="Seconds a new session may wait for a sandbox when its pool "
                                             "is empty. Env: KERNELCUBE_CLAIM_TIMEOUT.")
@@ -97,6 +102,10 @@ class KernelCubeApp(ExtensionApp):
     @default("pool_size")
     def _pool_size_default(self) -> int:
         return int(_env("KERNELCUBE_POOL_SIZE", "2"))
+
+    @default("sandbox_uid_base")
+    def _sandbox_uid_base_default(self) -> int:
+        return int(_env("KERNELCUBE_SANDBOX_UID_BASE", str(DEFAULT_UID_BASE)))
 
     @default("redis_url")
     def _redis_url_default(self) -> str:
@@ -175,7 +184,14 @@ class KernelCubeApp(ExtensionApp):
         self.metrics = Metrics()
         self.store = make_store(self.redis_url or None)
         self.identity = Identity.load_or_create(os.path.join(self.state_dir, "identity"))
-        self.provider = LocalProvider(self.state_dir, self.identity.public_pem, self.isolation, python)
+        try:
+            self.provider = LocalProvider(self.state_dir, self.identity.public_pem, self.isolation, python,
+                                          die_with_gateway=not self.store.persistent,
+                                          uid_base=self.sandbox_uid_base)
+        except (UsernsError, OSError) as exc:
+            raise SystemExit(f"kernelcube: cannot prepare local sandboxes: {exc}") from None
+        for note in self.provider.describe_isolation():
+            (self.log.warning if note.startswith("WARNING") else self.log.info)(note.removeprefix("WARNING: "))
         self.capacity = Capacity(self.max_sandboxes)
         self.pools = {name: WarmPool(t, self.provider, self.capacity, self.metrics, self.max_parallel_starts)
                       for name, t in templates.items()}

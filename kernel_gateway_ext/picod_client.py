@@ -6,7 +6,11 @@ TCP_NODELAY on TCP connections by default, so small requests are not held back b
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import socket
+import struct
 
 import aiohttp
 
@@ -17,10 +21,58 @@ class PicodUnreachable(ConnectionError):
     """The sandbox did not answer: its socket is gone, refused, or the call timed out."""
 
 
+class PeerCheckFailed(PicodUnreachable):
+    """The sandbox's socket is served by another process than the PicoD the gateway started:
+    something replaced it. The session must not be used any more."""
+
+
+def _peer_of(sock: socket.socket) -> dict:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return {"pid": pid, "uid": uid, "gid": gid}
+
+
+async def peer_credentials(path: str) -> dict:
+    """pid, uid and gid of the process serving a Unix socket (the kernel vouches for them)."""
+    _, writer = await asyncio.open_unix_connection(path)
+    try:
+        return _peer_of(writer.get_extra_info("socket"))
+    finally:
+        writer.close()
+
+
+class _CheckedUnixConnector(aiohttp.UnixConnector):
+    """Every connection must reach the PicoD recorded when the sandbox started."""
+
+    def __init__(self, path: str, peer: dict):
+        super().__init__(path=path)
+        self._peer = peer
+
+    async def _create_connection(self, req, traces, timeout):
+        protocol = await super()._create_connection(req, traces, timeout)
+        peer = _peer_of(protocol.transport.get_extra_info("socket"))
+        if (peer["pid"], peer["uid"]) != (self._peer["pid"], self._peer["uid"]):
+            protocol.close()
+            raise PeerCheckFailed(f"the sandbox's socket is served by pid {peer['pid']} (uid {peer['uid']}), "
+                                  "not by the sandbox's daemon; the socket was replaced")
+        return protocol
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, without the socket's path on this host."""
+    os_error = getattr(exc, "os_error", exc)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error.errno))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    return type(exc).__name__
+
+
 class PicodClient:
     def __init__(self, endpoint: dict):
         if "unix_socket" in endpoint:
-            self._connector = aiohttp.UnixConnector(path=endpoint["unix_socket"])
+            path = endpoint["unix_socket"]
+            peer = endpoint.get("peer")
+            self._connector = _CheckedUnixConnector(path, peer) if peer else aiohttp.UnixConnector(path=path)
             self.base_url = "http://sandbox"
         else:
             self._connector = aiohttp.TCPConnector()
@@ -41,7 +93,9 @@ class PicodClient:
             return await self._session.request(method, self.base_url + path, headers=headers, data=data,
                                                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5))
         except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise PicodUnreachable(f"the sandbox did not answer: {exc}") from exc
+            if isinstance(exc.__cause__, PeerCheckFailed):  # aiohttp wraps what the connector raised
+                raise exc.__cause__ from None
+            raise PicodUnreachable(f"the sandbox did not answer ({_reason(exc)})") from exc
         except TimeoutError as exc:
             raise PicodUnreachable("the sandbox did not answer in time") from exc
 
@@ -55,7 +109,7 @@ class PicodClient:
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise PicodUnreachable(f"the sandbox stopped answering: {exc}") from exc
+                raise PicodUnreachable(f"the sandbox stopped answering ({_reason(exc)})") from exc
         try:
             return response.status, json.loads(raw)
         except ValueError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .identity import Identity
 from .metrics import Metrics
-from .picod_client import PicodClient, PicodUnreachable
+from .picod_client import PeerCheckFailed, PicodClient, PicodUnreachable
 from .pool import Capacity, WarmPool
 from .providers import Sandbox, SandboxProvider
 from .store.base import SessionRecord, SessionStore
@@ -152,6 +152,9 @@ class SessionManager:
                                    self.identity.token(record.session_id, record.sandbox_id))
             try:
                 yield handle
+            except PeerCheckFailed as exc:
+                await self._end(record, "sandbox-replaced")
+                raise SandboxGone(f"session {session_id} was ended: {exc}") from exc
             except PicodUnreachable as exc:
                 if await self.provider.is_alive(Sandbox.from_dict(record.sandbox)):
                     raise
@@ -221,4 +224,5 @@ class SessionManager:
 
 
 def _describe(endpoint: dict) -> str:
-    return endpoint.get("url") or f"unix:{endpoint.get('unix_socket', '')}"
+    """How the sandbox is reached, for clients: never a path on the gateway's host."""
+    return endpoint.get("url") or "local"

@@ -7,6 +7,7 @@ user command (an HTTP agent) with `PORT` set instead of a kernel.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 KINDS = ("code-interpreter", "agent-runtime")
@@ -14,8 +15,61 @@ RLIMITS = ("nofile", "nproc", "as", "cpu", "fsize", "core", "memlock")
 DEFAULT_RLIMITS = {"nofile": 4096, "fsize": 4 * 1024**3, "core": 0}
 
 
+GiB, MiB = 1024**3, 1024**2
+SIZE_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
 class TemplateError(ValueError):
     """A template in the configuration that cannot be used; the message says why."""
+
+
+def parse_size(value) -> int:
+    """Bytes from an integer or a string such as "512M", "2G", "1GiB" (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"{value!r} is not a positive size")
+        return int(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a size such as 512M or 2G")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandbox may use. `memory` bounds everything it holds in RAM, the files in its
+    in-memory workspace, /tmp and /dev/shm included; each of those has its own size cap too."""
+
+    memory: int = 2 * GiB
+    processes: int = 256  # processes and threads
+    cpus: float = 1.0  # CPU time, in cores; 0 = no cap
+    disk: int = 1 * GiB  # the workspace
+    tmp: int = 256 * MiB
+    shm: int = 64 * MiB
+
+    @classmethod
+    def from_config(cls, spec) -> Limits:
+        if not isinstance(spec, dict):
+            raise ValueError(f"limits must be a mapping, not {type(spec).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"unknown limits {sorted(unknown)}; known: {sorted(known)}")
+        values = {}
+        for key, value in spec.items():
+            if key in ("memory", "disk", "tmp", "shm"):
+                values[key] = parse_size(value)
+            elif key == "processes":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 8:
+                    raise ValueError("limits.processes must be an integer >= 8")
+                values[key] = value
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError("limits.cpus must be a number of cores >= 0 (0: no cap)")
+                values[key] = float(value)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -30,6 +84,7 @@ class Template:
     python: str = ""  # "" = the gateway's sandbox Python
     env: dict = field(default_factory=dict)
     rlimits: dict = field(default_factory=lambda: dict(DEFAULT_RLIMITS))
+    limits: Limits = field(default_factory=Limits)
     command: list = field(default_factory=list)  # agent-runtime: argv, run with PORT set
     port: int = 8080  # agent-runtime: the port its command listens on (inside the sandbox)
 
@@ -44,6 +99,11 @@ class Template:
         values = dict(spec)
         if "rlimits" in values:
             values["rlimits"] = {**DEFAULT_RLIMITS, **values["rlimits"]}
+        if "limits" in values:
+            try:
+                values["limits"] = Limits.from_config(values["limits"])
+            except ValueError as exc:
+                raise TemplateError(f"template {name!r}: {exc}") from None
         template = cls(name=name, **values)
         template.validate()
         return template

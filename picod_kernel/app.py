@@ -18,14 +18,15 @@ from . import __version__
 from .auth import TokenVerifier, load_public_key
 from .base import MAX_BODY_BYTES, NotFoundHandler
 from .command_handlers import ExecuteHandler, HealthHandler
+from .execution import DEFAULT_MAX_OUTPUT
 from .files import DownloadHandler, FilesHandler
+from .identity import RunAs, become_daemon_for
 from .jail import Workspace
 from .kernel import KernelBridge
 from .kernel_handlers import ChannelsHandler, InterruptHandler, RestartHandler, RunHandler
 
 log = logging.getLogger("picod")
 
-DEFAULT_MAX_OUTPUT = 32 * 1024 * 1024
 SHUTDOWN_GRACE = 10.0
 
 
@@ -38,6 +39,7 @@ class State:
     kernel: KernelBridge | None
     max_output: int
     started: float
+    run_as: RunAs | None = None
 
 
 def make_app(state: State) -> web.Application:
@@ -72,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", default="",
                         help="directory that file paths and working_dir are jailed to (default: cwd)")
     parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT,
-                        help="bytes of stdout and of stderr kept per command; beyond it output is "
+                        help="bytes of stdout and of stderr kept per command or execution; beyond it output is "
                              f"dropped and a marker added (default {DEFAULT_MAX_OUTPUT})")
     parser.add_argument("--kernel-python", default=os.environ.get("PICOD_KERNEL_PYTHON") or sys.executable,
                         help="Python interpreter with ipykernel that runs the kernel (default: this one)")
     parser.add_argument("--no-kernel", action="store_true", help="run without a kernel bridge")
+    parser.add_argument("--run-as", default="", metavar="UID:GID",
+                        help="run commands and the kernel as this user (not PicoD's own uid), so user "
+                             "code cannot signal or trace the daemon; needs CAP_SETUID, CAP_SETGID and "
+                             "CAP_KILL")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=f"picod {__version__}")
     return parser
@@ -89,8 +95,12 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()))
     if args.max_output <= 0:
         raise ValueError("--max-output must be a positive number of bytes")
-    kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python)
-    return State(workspace, verifier, kernel, args.max_output, time.monotonic())
+    run_as = RunAs.parse(args.run_as) if args.run_as else None
+    if run_as:
+        become_daemon_for(run_as)
+    kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python, run_as=run_as,
+                                                      max_output=args.max_output)
+    return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as)
 
 
 async def serve(args: argparse.Namespace, state: State) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
+
+from .identity import RunAs, kwargs_for
 
 TIMEOUT_EXIT_CODE = 124
 GRACE_SECONDS = 0.5
@@ -92,7 +95,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[str, str],
-                      max_output: int) -> CommandResult:
+                      max_output: int, run_as: RunAs | None = None) -> CommandResult:
     """Run argv and collect its output; cancelling this coroutine kills the process group."""
     start = time.time()
     if timeout <= 0:
@@ -104,8 +107,8 @@ async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[st
         transport, proto = await loop.subprocess_exec(
             lambda: _CaptureProtocol(max_output), *argv, cwd=cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    except (OSError, ValueError) as exc:
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, **kwargs_for(run_as))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         end = time.time()
         return CommandResult("", f"exec: {argv[0]!r}: {exc}", 1, end - start, start, end)
 

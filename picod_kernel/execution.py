@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 EventSink = Callable[[dict], None]
+DEFAULT_MAX_OUTPUT = 32 * 1024 * 1024  # bytes per stream (and of rich results) per execution
 
 
 def _discard(event: dict) -> None:
@@ -20,8 +21,12 @@ def _discard(event: dict) -> None:
 class ExecutionCollector:
     """Fed the iopub and shell messages whose parent is one execute_request, in arrival order."""
 
-    def __init__(self, on_event: EventSink | None = None):
+    def __init__(self, on_event: EventSink | None = None, max_output: int = DEFAULT_MAX_OUTPUT):
         self.on_event = on_event or _discard
+        self.max_output = max_output
+        # bytes kept and dropped per stream ("stdout", "stderr") and for rich results ("results")
+        self.kept = {"stdout": 0, "stderr": 0, "results": 0}
+        self.dropped = {"stdout": 0, "stderr": 0, "results": 0}
         self.started = time.perf_counter()
         self.execution_count: int | None = None
         self.status = "ok"
@@ -55,10 +60,17 @@ class ExecutionCollector:
         self._start()
         if kind == "stream":
             name = "stderr" if content.get("name") == "stderr" else "stdout"
-            (self.stderr if name == "stderr" else self.stdout).append(content.get("text", ""))
-            self.on_event({"type": name, "text": content.get("text", "")})
+            text = self._within_cap(name, content.get("text", ""))
+            if text:
+                (self.stderr if name == "stderr" else self.stdout).append(text)
+                self.on_event({"type": name, "text": text})
         elif kind in ("execute_result", "display_data", "update_display_data"):
             result = dict(content.get("data", {}))
+            size = sum(len(str(value)) for value in result.values())
+            if self.kept["results"] + size > self.max_output:
+                self.dropped["results"] += size
+                return
+            self.kept["results"] += size
             result["is_main_result"] = kind == "execute_result"
             self.results.append(result)
             self.on_event({"type": "result", **result})
@@ -70,6 +82,23 @@ class ExecutionCollector:
             self.stderr.clear()
             self.results.clear()
             self.on_event({"type": "clear"})
+
+    def _within_cap(self, name: str, text: str) -> str:
+        """The part of `text` that still fits this stream's cap; the rest is counted as dropped."""
+        data = text.encode("utf-8", "surrogatepass")
+        room = self.max_output - self.kept[name]
+        if len(data) <= room:
+            self.kept[name] += len(data)
+            return text
+        self.dropped[name] += len(data) - max(room, 0)
+        if room <= 0:
+            return ""
+        self.kept[name] = self.max_output
+        return data[:room].decode("utf-8", "ignore")
+
+    def _truncation_notes(self) -> str:
+        return "".join(f"\n[picod: {name} truncated: {count} bytes beyond the {self.max_output}-byte cap "
+                       "were dropped]" for name, count in self.dropped.items() if count)
 
     def shell(self, msg: dict) -> None:
         content = msg["content"]
@@ -97,6 +126,10 @@ class ExecutionCollector:
         if status is not None:
             self.status = status
         self._start()
+        notes = self._truncation_notes()
+        if notes:
+            self.stderr.append(notes)
+            self.on_event({"type": "stderr", "text": notes})
         duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
         self.on_event({"type": "end", "status": self.status, "execution_count": self.execution_count,
                        "duration_ms": duration_ms})

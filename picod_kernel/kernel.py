@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from .execute import child_environment
-from .execution import EventSink, ExecutionCollector
+from .execution import DEFAULT_MAX_OUTPUT, EventSink, ExecutionCollector
+from .identity import RunAs, kwargs_for
 
 log = logging.getLogger("picod.kernel")
 
@@ -31,7 +33,8 @@ READY_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0
 IOPUB_GRACE = 5.0  # seconds iopub may trail the execute_reply
 MAX_RESTART_FAILURES = 5
-DEAD = object()  # queued to an execution whose kernel died
+class Dead(str):
+    """Queued to the requests in flight when their kernel dies; the text says why (or is empty)."""
 
 
 class KernelUnavailable(RuntimeError):
@@ -45,13 +48,19 @@ class KernelBridge:
     `interrupt`, `restart` and `add_state_listener`.
     """
 
-    def __init__(self, workspace: str, python: str | None = None, restart_poll: float = 0.5):
+    def __init__(self, workspace: str, python: str | None = None, restart_poll: float = 0.5,
+                 run_as: RunAs | None = None, max_output: int = DEFAULT_MAX_OUTPUT):
         self.workspace = workspace
         self.python = python or sys.executable
+        self.run_as = run_as
+        self.max_output = max_output
         self.state = "starting"
         self.failure: str | None = None
         self.ready = asyncio.Event()
         self._runtime_dir = tempfile.mkdtemp(prefix="picod-kernel-")
+        if run_as:  # the kernel, as the user, binds its IPC sockets here
+            os.chown(self._runtime_dir, -1, run_as.gid)
+            os.chmod(self._runtime_dir, 0o2770)
         self._km = self._make_manager()
         self._client = None
         self._waiters: dict[str, asyncio.Queue] = {}
@@ -85,7 +94,11 @@ class KernelBridge:
     async def start(self) -> None:
         """Start the kernel and wait for kernel_info; failures are recorded, not raised."""
         try:
-            await self._km.start_kernel(cwd=self.workspace, env=child_environment(None))
+            if self.run_as:
+                # Written first so that the kernel, as the user, may read it (group, 0640).
+                self._km.write_connection_file()
+                os.chmod(self._km.connection_file, 0o640)
+            await self._km.start_kernel(cwd=self.workspace, env=child_environment(None), **kwargs_for(self.run_as))
             self._client = self._km.client()
             self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
             self._pumps = [asyncio.ensure_future(self._pump(self._client.get_iopub_msg)),
@@ -135,7 +148,7 @@ class KernelBridge:
             try:
                 while not (replied and published):
                     msg = await asyncio.wait_for(queue.get(), wait)
-                    if msg is DEAD:
+                    if isinstance(msg, Dead):
                         return False
                     kind = msg["header"]["msg_type"]
                     replied = replied or kind == "kernel_info_reply"
@@ -177,9 +190,9 @@ class KernelBridge:
         for listener in list(self._listeners):
             listener(self.state)
 
-    def _fail_inflight(self) -> None:
+    def _fail_inflight(self, cause: str = "") -> None:
         for queue in self._waiters.values():
-            queue.put_nowait(DEAD)
+            queue.put_nowait(Dead(cause))
 
     async def _watch(self) -> None:
         """Notice a dead kernel, fail what is in flight, restart it; give up after a few tries."""
@@ -189,11 +202,12 @@ class KernelBridge:
             if self.state == "ready":
                 if await self._km.is_alive():
                     continue
-                log.warning("kernel died; restarting it")
+                cause = self._death_cause()
+                log.warning("kernel died%s; restarting it", cause)
                 self.state = "dead"
                 self.ready.clear()
                 self._notify()
-                self._fail_inflight()
+                self._fail_inflight(cause)
             elif self.state != "dead":
                 continue  # a restart on request is under way
             try:
@@ -229,15 +243,29 @@ class KernelBridge:
             detail = f": {self.failure}" if self.failure else ""
             raise KernelUnavailable(f"the kernel is {self.state}{detail}")
 
+    async def _until_ready(self, timeout: float | None) -> None:
+        """A kernel that is starting or restarting (after a death, say) is waited for, up to
+        the request's own timeout; a kernel that failed for good is refused at once."""
+        if self.state in ("starting", "restarting", "dead"):
+            settled = asyncio.Event()
+            forget = self.add_state_listener(lambda state: state in ("ready", "failed") and settled.set())
+            try:
+                await asyncio.wait_for(settled.wait(), min(timeout or READY_TIMEOUT, READY_TIMEOUT))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                forget()
+        self._require_ready()
+
     async def execute(self, code: str, timeout: float | None = None, env: dict[str, str] | None = None,
                       on_event: EventSink | None = None) -> dict:
         """Run code in the kernel. On timeout interrupt it and answer status "timeout"."""
-        self._require_ready()
+        await self._until_ready(timeout)
         async with self._lock:
             self._require_ready()
             if env:
                 await self._run_silent(f"__import__('os').environ.update({json.dumps(env)})")
-            collector = ExecutionCollector(on_event)
+            collector = ExecutionCollector(on_event, self.max_output)
             with self._replies(self._client.execute(code, allow_stdin=False)) as queue:
                 status = await self._collect(queue, collector, timeout)
             return collector.finish(status)
@@ -271,9 +299,9 @@ class KernelBridge:
                 await self._km.interrupt_kernel()
                 deadline = loop.time() + INTERRUPT_GRACE
                 continue
-            if msg is DEAD:
-                collector.set_error("DeadKernelError", "the kernel died during this execution and was "
-                                    "restarted; its variables are lost", [])
+            if isinstance(msg, Dead):
+                collector.set_error("DeadKernelError", f"the kernel died during this execution{msg} "
+                                    "and was restarted; its variables are lost", [])
                 return "dead"
             if msg["msg_type"] == "execute_reply":
                 collector.shell(msg)
@@ -285,12 +313,22 @@ class KernelBridge:
             return "timeout"
         return None
 
+    def _death_cause(self) -> str:
+        provisioner = self._km.provisioner
+        code = getattr(getattr(provisioner, "process", None), "returncode", None)
+        if code == -signal.SIGKILL:
+            return (" (killed by SIGKILL: most often the sandbox ran out of memory; its memory limit "
+                    "counts the files in its workspace and /tmp too)")
+        if code is not None and code < 0:
+            return f" (killed by signal {signal.Signals(-code).name})"
+        return f" (exit code {code})" if code else ""
+
     async def _run_silent(self, code: str) -> None:
         with self._replies(self._client.execute(code, silent=True, store_history=False,
                                                 allow_stdin=False)) as queue:
             while True:
                 msg = await asyncio.wait_for(queue.get(), 10)
-                if msg is DEAD or msg["msg_type"] == "execute_reply":
+                if isinstance(msg, Dead) or msg["msg_type"] == "execute_reply":
                     return
 
     async def interrupt(self) -> None:

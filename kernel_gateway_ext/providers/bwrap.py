@@ -1,9 +1,9 @@
 """The bubblewrap command line for one local sandbox.
 
 New user, pid, ipc, uts, cgroup and network namespaces (the network stays only if the template
-allows it), a read-only system, a private /tmp, no capabilities, and only what PicoD and the
-kernel need bound in: the sandbox Python (read-only), PicoD's package (read-only), the workspace
-and a run directory holding PicoD's Unix socket.
+allows it), a read-only system, size-capped in-memory /tmp, /dev/shm and workspace, and only
+what PicoD and the kernel need bound in: the sandbox Python (read-only), PicoD's package
+(read-only) and a run directory, writable by PicoD alone, holding PicoD's Unix socket.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import os
 import shutil
 
 from ..templates import Template
+from . import userns
 
 WORKSPACE = "/workspace"
 RUN_DIR = "/run/kernelcube"
 PICOD_SOURCE = "/opt/kernelcube"
 SOCKET_NAME = "picod.sock"
+# What PicoD keeps: switch to the user's ids for the code it runs, and signal that code.
+DAEMON_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 RLIMIT_FLAGS = {"nofile": "--nofile", "nproc": "--nproc", "as": "--as", "cpu": "--cpu",
                 "fsize": "--fsize", "core": "--core", "memlock": "--memlock"}
 
@@ -34,26 +37,70 @@ def prlimit_argv(rlimits: dict) -> list[str]:
 
 
 def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_package: str,
-               workspace: str, run_dir: str) -> list[str]:
-    argv = [bwrap, "--unshare-all", "--new-session", "--cap-drop", "ALL"]
-    if template.network:
-        argv.append("--share-net")
+               run_dir: str, namespaces: tuple[int, int] | None, die_with_parent: bool,
+               daemon: bool = True) -> list[str]:
+    """The sandbox: PicoD runs as DAEMON_UID with only the capabilities it needs to start and
+    stop user code as USER_UID (in the sandbox's own user namespace, so they reach nothing
+    outside it); the workspace, /tmp and /dev/shm are size-capped in-memory filesystems, all
+    mounted nosuid and nodev; /proc/sys and the other host-global /proc entries are read-only
+    (bubblewrap's --proc). `namespaces` are descriptors of the setup and the sandbox's user
+    namespaces (see userns.py), or None when the gateway cannot map ids. With `daemon` False (an agent runtime: the user's own command is the
+    sandbox's process) everything runs as USER_UID without capabilities."""
+    limits = template.limits
+    argv = [bwrap]
+    if namespaces is not None:
+        uid = userns.DAEMON_UID if daemon else userns.USER_UID
+        argv += ["--userns", str(namespaces[0]), "--userns2", str(namespaces[1]),
+                 "--uid", str(uid), "--gid", str(userns.SANDBOX_GID)]
+    else:  # not root: bubblewrap maps our own id, nothing else
+        argv += ["--unshare-user", "--disable-userns"]
+    argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--new-session"]
+    if not template.network:
+        argv.append("--unshare-net")
+    if die_with_parent:
+        argv.append("--die-with-parent")
+    argv += ["--cap-drop", "ALL"]
+    if namespaces is not None and daemon:
+        for cap in DAEMON_CAPS:
+            argv += ["--cap-add", cap]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in ("lib", "lib64", "bin", "sbin"):
         if os.path.islink(f"/{name}"):
             argv += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
         elif os.path.isdir(f"/{name}"):
             argv += ["--ro-bind", f"/{name}", f"/{name}"]
-    argv += ["--ro-bind", "/etc", "/etc", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(limits.tmp), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(limits.shm), "--tmpfs", "/dev/shm",
+             # setgid and group-writable: PicoD's uploads and user code's files share a group.
+             "--perms", "2770", "--size", str(limits.disk), "--tmpfs", WORKSPACE]
+    picod_dest = f"{PICOD_SOURCE}/picod_kernel"
+    # Directories above the binds, readable by user code too (bubblewrap would copy the host's
+    # modes, and a home directory is 0700).
+    for parent in _ancestors([*python_roots, picod_dest, RUN_DIR]):
+        argv += ["--perms", "0755", "--dir", parent]
     for root in python_roots:
         argv += ["--ro-bind", root, root]
-    argv += ["--ro-bind", picod_package, f"{PICOD_SOURCE}/picod_kernel",
-             "--bind", workspace, WORKSPACE, "--bind", run_dir, RUN_DIR,
+    argv += ["--ro-bind", picod_package, picod_dest,
+             "--bind", run_dir, RUN_DIR,
              "--chdir", WORKSPACE, "--setenv", "HOME", WORKSPACE, "--unsetenv", "JPY_PARENT_PID"]
     return argv
 
 
-def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: str) -> list[str]:
+def _ancestors(paths: list[str]) -> list[str]:
+    """Every proper ancestor of the paths except /, parents first."""
+    found: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path.rstrip("/"))
+        while parent not in ("/", ""):
+            found.add(parent)
+            parent = os.path.dirname(parent)
+    return sorted(found, key=lambda p: (p.count("/"), p))
+
+
+def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: str,
+                    run_as: str | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
     code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
-    return [python, "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]
+    argv = [python, "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]
+    return argv + (["--run-as", run_as] if run_as else [])

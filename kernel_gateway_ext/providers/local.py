@@ -24,9 +24,9 @@ import tempfile
 import time
 import uuid
 
-from ..picod_client import PicodClient
+from ..picod_client import PicodClient, peer_credentials
 from ..templates import Template
-from . import bwrap
+from . import bwrap, cgroups, userns
 from .base import Sandbox, SandboxProvider, SandboxStartError
 
 log = logging.getLogger("kernelcube.local")
@@ -39,7 +39,8 @@ POLL_INTERVAL = 0.02
 class LocalProvider(SandboxProvider):
     name = "local"
 
-    def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str):
+    def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str,
+                 die_with_gateway: bool = False, uid_base: int = userns.DEFAULT_BASE):
         self.root = sandboxes_root(state_dir)
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.public_pem = public_pem
@@ -48,6 +49,15 @@ class LocalProvider(SandboxProvider):
         # Located, not imported: the gateway speaks to PicoD only over HTTP.
         self.picod_package = importlib.util.find_spec("picod_kernel").submodule_search_locations[0]
         self.bwrap = bwrap.find_bwrap()
+        # With an ephemeral store no session can outlive the gateway, so neither may a sandbox,
+        # even when the gateway is SIGKILLed (bubblewrap's --die-with-parent).
+        self.die_with_gateway = die_with_gateway
+        self.uid_base = uid_base
+        self.no_userns = userns.unavailable_reason()  # None, or why ids cannot be mapped to a host range
+        self.userns = userns.UserNamespaces(uid_base)
+        if self.no_userns is None and isolation != "none":
+            self.userns.setup_fd()  # at start, so that a host that cannot do it fails at once
+        self.cgroups = cgroups.detect(f"kernelcube-{hashlib.sha256(self.root.encode()).hexdigest()[:12]}")
         self._roots: dict[str, list[str]] = {}
         # Plain Popen objects, not asyncio transports: a transport kills its process when it is
         # closed, and claimed sandboxes must outlive this gateway when the store persists.
@@ -56,6 +66,21 @@ class LocalProvider(SandboxProvider):
         # The last line of defence when the loop stops before shutdown finishes (a second
         # Ctrl-C): every sandbox this gateway started dies with it, unless marked to be kept.
         atexit.register(self._kill_unkept)
+
+    def describe_isolation(self) -> list[str]:
+        """What protects the sandboxes here, for the log at start-up; warnings first."""
+        notes = []
+        if self.isolation != "none" and self.no_userns:
+            notes.append(f"WARNING: sandbox ids are not mapped to a host range ({self.no_userns}); "
+                         "PicoD and user code share one id")
+        if self.cgroups is None:
+            notes.append("WARNING: no writable cgroups; sandbox memory and processes are bounded by "
+                         "rlimits only (per process, not per sandbox), and CPU is not capped")
+        else:
+            notes.append(f"sandbox limits by cgroup v{self.cgroups.version}")
+        if self.isolation != "none" and not self.no_userns:
+            notes.append(f"sandbox ids map to host ids {self.uid_base}..{self.uid_base + userns.RANGE - 1}")
+        return notes
 
     # -- creation ----------------------------------------------------------------------------
 
@@ -78,24 +103,34 @@ class LocalProvider(SandboxProvider):
             self._roots[python] = [r for r in roots if not r.startswith("/usr")]
         return self._roots[python]
 
-    async def _argv(self, template: Template, python: str, workspace: str, run_dir: str) -> tuple[list[str], str]:
-        """PicoD's command line and the host path of its socket."""
-        limits = bwrap.prlimit_argv(template.rlimits)
-        socket_path = os.path.join(run_dir, bwrap.SOCKET_NAME)
+    def _isolation_argv(self, template: Template, procs: list[str]) -> list[str]:
+        """The prefix every sandbox process starts under: its cgroups, then its rlimits."""
+        rlimits = dict(template.rlimits)
+        if self.cgroups is None:  # per-process stand-ins for the per-sandbox limits
+            rlimits.setdefault("as", template.limits.memory)
+            rlimits.setdefault("nproc", template.limits.processes)
+        return cgroups.join_argv(procs) + bwrap.prlimit_argv(rlimits)
+
+    async def _picod_argv(self, template: Template, python: str, directory: str,
+                          namespaces: tuple[int, int] | None) -> list[str]:
+        run_dir = os.path.join(directory, "run")
         if not self.bwrap_used(template):
             source = os.path.dirname(self.picod_package)
-            return limits + bwrap.picod_bootstrap(python, socket_path, workspace, source), socket_path
-        argv = await self._bwrap_prefix(template, python, workspace, run_dir)
+            workspace = os.path.join(directory, "workspace")
+            return bwrap.picod_bootstrap(python, os.path.join(run_dir, bwrap.SOCKET_NAME), workspace, source)
+        run_as = None if namespaces is None else f"{userns.USER_UID}:{userns.SANDBOX_GID}"
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
-        argv += bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE)
-        return limits + argv, socket_path
+        return (await self._bwrap_prefix(template, python, run_dir, namespaces)
+                + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as))
 
-    async def _bwrap_prefix(self, template: Template, python: str, workspace: str, run_dir: str) -> list[str]:
+    async def _bwrap_prefix(self, template: Template, python: str, run_dir: str,
+                            namespaces: tuple[int, int] | None, daemon: bool = True) -> list[str]:
         """bubblewrap's command line up to the command it runs."""
         if self.bwrap is None:
             raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
         roots = await self._python_roots(python)
-        return bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, workspace, run_dir)
+        return bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, run_dir, namespaces,
+                                self.die_with_gateway, daemon)
 
     def bwrap_used(self, template: Template) -> bool:
         return (template.isolation or self.isolation) != "none"
@@ -111,45 +146,67 @@ class LocalProvider(SandboxProvider):
     async def create(self, template: Template) -> Sandbox:
         sandbox_id = f"sb-{uuid.uuid4().hex[:12]}"
         directory = os.path.join(self.root, sandbox_id)
-        workspace, run_dir = os.path.join(directory, "workspace"), os.path.join(directory, "run")
         python = template.python or self.python
         env = self._environment(template, sandbox_id, python)
-        if template.kind == "agent-runtime":
-            argv, endpoint = await self._agent_argv(template, python, workspace, run_dir, env)
-        else:
-            argv, socket_path = await self._argv(template, python, workspace, run_dir)
-            endpoint = {"unix_socket": socket_path}
-        await asyncio.to_thread(_make_dirs, workspace, run_dir)
-        log_path = os.path.join(directory, "sandbox.log")
-        with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
-            # Popen forks and returns at exec, as asyncio's own spawn does on the loop.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True, cwd=directory)
-        sandbox = Sandbox(sandbox_id, template.name, endpoint, {"pid": proc.pid, "dir": directory})
-        self._children[sandbox_id] = (proc, sandbox.handle)
+        isolated = self.bwrap_used(template)
+        mapped = isolated and self.no_userns is None
+        # Outside the sandbox the daemon's files and processes belong to this host id.
+        daemon_uid = userns.host_id(self.uid_base, userns.DAEMON_UID) if mapped else os.getuid()
+        handle = {"dir": directory, "daemon_uid": daemon_uid}
+        sandbox: Sandbox | None = None
+        namespaces = None  # (setup, sandbox) user namespace descriptors for bubblewrap
         try:
+            await asyncio.to_thread(_make_dirs, directory, daemon_uid if mapped else None)
+            if self.cgroups is not None:
+                handle["cgroups"] = True
+                procs = await asyncio.to_thread(self.cgroups.create, sandbox_id, template.limits)
+            else:
+                procs = []
+            if mapped:
+                namespaces = (self.userns.setup_fd(), await asyncio.to_thread(self.userns.create))
+            if template.kind == "agent-runtime":
+                command, endpoint = await self._agent_argv(template, python, directory, env, namespaces)
+            else:
+                command = await self._picod_argv(template, python, directory, namespaces)
+                endpoint = {"unix_socket": os.path.join(directory, "run", bwrap.SOCKET_NAME)}
+            argv = self._isolation_argv(template, procs) + command
+            log_path = os.path.join(directory, "sandbox.log")
+            with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
+                # Popen forks and returns at exec, as asyncio's own spawn does on the loop. It runs on
+                # the loop's thread on purpose: bubblewrap's parent-death signal follows the thread
+                # that forked it, and this one lives as long as the gateway.
+                proc = subprocess.Popen(  # noqa: ASYNC220
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                    start_new_session=True, cwd=directory, pass_fds=namespaces or ())
+            handle["pid"] = proc.pid
+            sandbox = Sandbox(sandbox_id, template.name, endpoint, handle)
+            self._children[sandbox_id] = (proc, sandbox.handle)
             await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
             await self._wait_ready(sandbox, proc, log_path)
             # Under bubblewrap the sandbox lives as long as its namespace init (bwrap's child),
             # even if bwrap itself is killed: track and kill both.
             children = _descendants(proc.pid)
-            sandbox.handle["init"] = children[0] if children and self.bwrap_used(template) else proc.pid
+            sandbox.handle["init"] = children[0] if children and isolated else proc.pid
         except BaseException:
-            await self.destroy(sandbox)
+            await self.destroy(sandbox or Sandbox(sandbox_id, template.name, {}, handle))
             raise
+        finally:
+            if namespaces is not None:
+                os.close(namespaces[1])
         return sandbox
 
-    async def _agent_argv(self, template: Template, python: str, workspace: str, run_dir: str,
-                          env: dict[str, str]) -> tuple[list[str], dict]:
+    async def _agent_argv(self, template: Template, python: str, directory: str, env: dict[str, str],
+                          namespaces: tuple[int, int] | None) -> tuple[list[str], dict]:
         """An agent runtime runs the template's command with PORT set. It shares the host's
-        network, on a free loopback port, since the gateway must reach it over TCP."""
+        network, on a free loopback port, since the gateway must reach it over TCP; it runs as
+        the sandbox's user, without PicoD and without capabilities."""
         port = _free_loopback_port()
         env["PORT"] = str(port)
-        argv = bwrap.prlimit_argv(template.rlimits)
+        argv = []
         if self.bwrap_used(template):
             shared = dataclasses.replace(template, network=True)
-            argv += await self._bwrap_prefix(shared, python, workspace, run_dir)
+            argv += await self._bwrap_prefix(shared, python, os.path.join(directory, "run"), namespaces,
+                                             daemon=False)
         return argv + list(template.command), {"url": f"http://127.0.0.1:{port}"}
 
     async def _wait_ready(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
@@ -162,6 +219,8 @@ class LocalProvider(SandboxProvider):
                     raise SandboxStartError(f"sandbox {sandbox.id} exited with {proc.returncode} while starting: "
                                             f"{await _tail(log_path)}")
                 if await (_picod_ready(sandbox, client) if client else _listening(sandbox.endpoint["url"])):
+                    if client is not None:
+                        sandbox.endpoint["peer"] = await _verified_peer(sandbox, proc.pid)
                     return
                 await asyncio.sleep(POLL_INTERVAL)
             raise SandboxStartError(f"sandbox {sandbox.id} was not ready within {START_TIMEOUT:.0f}s: "
@@ -189,12 +248,17 @@ class LocalProvider(SandboxProvider):
         _kill_sandbox(sandbox.id, sandbox.handle)
         if child is not None:
             await _reap(child[0])
+        if self.cgroups is not None and sandbox.handle.get("cgroups"):
+            await asyncio.to_thread(self.cgroups.remove, sandbox.id)
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def is_alive(self, sandbox: Sandbox) -> bool:
-        pid = sandbox.handle.get("init") or sandbox.handle.get("pid")
+        """PicoD itself runs (its namespace's init outlives it for a moment); for an agent
+        runtime, the sandbox's init."""
+        pid = (sandbox.endpoint.get("peer", {}).get("pid") or sandbox.handle.get("init")
+               or sandbox.handle.get("pid"))
         return bool(pid) and _is_ours(pid, sandbox.id)
 
     async def sweep(self, keep: set[str]) -> int:
@@ -207,6 +271,10 @@ class LocalProvider(SandboxProvider):
             sandbox = Sandbox.from_dict(record) if record else Sandbox(name, "", {}, {"dir": os.path.join(self.root, name)})
             await self.destroy(sandbox)
             swept += 1
+        if self.cgroups is not None:  # cgroups whose sandbox directory is already gone
+            for name in await asyncio.to_thread(self.cgroups.leftovers):
+                if name not in keep and name not in self._children:
+                    await asyncio.to_thread(self.cgroups.remove, name)
         if swept:
             log.info("swept %d sandbox(es) that no session holds", swept)
         return swept
@@ -215,6 +283,7 @@ class LocalProvider(SandboxProvider):
         """Kill what should not outlive us, forget the rest (claimed, kept on purpose)."""
         self._kill_unkept()
         self._children.clear()
+        self.userns.close()
         atexit.unregister(self._kill_unkept)
         with contextlib.suppress(OSError):
             os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
@@ -263,9 +332,16 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def _make_dirs(*paths: str) -> None:
-    for path in paths:
-        os.makedirs(path, mode=0o755)
+def _make_dirs(directory: str, daemon_uid: int | None) -> None:
+    """The sandbox's host directory (the gateway's alone), its workspace for unisolated
+    sandboxes, and the run directory for PicoD's socket: writable by the daemon's id only, so
+    user code can never replace the socket the gateway dials."""
+    os.makedirs(directory, mode=0o700)
+    os.mkdir(os.path.join(directory, "workspace"), 0o755)
+    run_dir = os.path.join(directory, "run")
+    os.mkdir(run_dir, 0o700)
+    if daemon_uid is not None:
+        os.chown(run_dir, daemon_uid, daemon_uid)
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -326,6 +402,16 @@ def _kill_sandbox(sandbox_id: str, handle: dict) -> None:
         pid = handle.get(key)
         if pid and _is_ours(pid, sandbox_id):
             _kill_tree(pid)
+
+
+async def _verified_peer(sandbox: Sandbox, pid: int) -> dict:
+    """The process serving PicoD's socket, checked once at start: it must run under the
+    sandbox we spawned and as the daemon's id. Every later connection must come from it."""
+    peer = await peer_credentials(sandbox.endpoint["unix_socket"])
+    if peer["uid"] != sandbox.handle["daemon_uid"] or (peer["pid"] != pid and peer["pid"] not in _descendants(pid)):
+        raise SandboxStartError(f"sandbox {sandbox.id}: its socket is served by an unexpected process "
+                                f"(pid {peer['pid']}, uid {peer['uid']})")
+    return {"pid": peer["pid"], "uid": peer["uid"]}
 
 
 async def _picod_ready(sandbox: Sandbox, client: PicodClient) -> bool:

@@ -41,8 +41,10 @@ def picod_pid(sandbox_pid: int) -> int:
     """The PicoD daemon among the sandbox's processes."""
     for pid in _descendants(sandbox_pid):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"picod_kernel.app" in f.read():
-                return pid
+            argv = f.read().split(b"\0")
+        # bubblewrap's namespace init carries the whole command line too
+        if b"picod_kernel.app" in b" ".join(argv) and not argv[0].endswith(b"bwrap"):
+            return pid
     raise AssertionError("no PicoD process found in the sandbox")
 
 

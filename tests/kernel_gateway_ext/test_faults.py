@@ -111,14 +111,19 @@ def short_lived(gateway_config):
 
 async def test_reaper(short_lived, jp_fetch, gateway):
     await wait_ready(jp_fetch)
+    capped = await new_session(jp_fetch, "capped")
     idle = await new_session(jp_fetch, "brief")
     busy = await new_session(jp_fetch, "brief")
-    capped = await new_session(jp_fetch, "capped")
-    # `busy` runs longer than its idle timeout: in use, it must not be reaped meanwhile.
-    long_run = asyncio.ensure_future(execute(jp_fetch, busy, "import time; time.sleep(2.5); 'done'"))
-    await asyncio.sleep(2.0)
-    assert (await jp_fetch("v1", "sessions", idle, raise_error=False)).code == 404
-    assert (await jp_fetch("v1", "sessions", capped, raise_error=False)).code == 404
+    # `busy` runs longer than its idle timeout: in use, it must not be reaped meanwhile. It starts
+    # at once: a session claimed and left unused past its 1 s idle timeout is rightly reaped, and
+    # creating a session may take that long on a loaded machine.
+    long_run = asyncio.ensure_future(execute(jp_fetch, busy, "import time; time.sleep(4); 'done'"))
+    deadline = time.monotonic() + 3.5
+    for session_id in (idle, capped):
+        while (await jp_fetch("v1", "sessions", session_id, raise_error=False)).code != 404:
+            assert time.monotonic() < deadline, f"session {session_id} was not reaped"
+            await asyncio.sleep(0.1)
+    assert not long_run.done(), "the test machine was too slow to tell a reaped busy session apart"
     finished = await long_run
     assert finished.code == 200 and body(finished)["results"][0]["text/plain"] == "'done'"
     metrics = (await jp_fetch("metrics")).body.decode()

@@ -26,7 +26,7 @@ def running(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
         return read(f"/proc/{pid}/stat").split(") ")[1][0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
         return False
 
 
