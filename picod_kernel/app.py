@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run commands and the kernel as this user (not PicoD's own uid), so user "
                              "code cannot signal or trace the daemon; needs CAP_SETUID, CAP_SETGID and "
                              "CAP_KILL")
+    parser.add_argument("--exit-with-fd", type=int, default=None, metavar="FD",
+                        help="an inherited pipe's read end: exit when its other end closes (the "
+                             "starting process died), taking the kernel and user code along")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=f"picod {__version__}")
     return parser
@@ -118,6 +121,8 @@ async def serve(args: argparse.Namespace, state: State) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.exit_with_fd is not None:
+        _watch_lifeline(loop, args.exit_with_fd, stop)
     kernel_start = asyncio.ensure_future(state.kernel.start()) if state.kernel else None
     await stop.wait()
     log.info("shutting down")
@@ -129,6 +134,24 @@ async def serve(args: argparse.Namespace, state: State) -> None:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except asyncio.TimeoutError:
         log.warning("connections still open after %.0fs; closing anyway", SHUTDOWN_GRACE)
+
+
+def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    """Stop when the other end of `fd` closes: the process that started us is gone (even if it
+    was SIGKILLed), and we must not outlive it."""
+    def readable() -> None:
+        try:
+            if os.read(fd, 512):
+                return  # not a close; nothing is ever sent, but ignore it
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        loop.remove_reader(fd)
+        log.warning("the process that started PicoD is gone; shutting down")
+        stop.set()
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
 
 
 def main(argv: list[str] | None = None) -> int:

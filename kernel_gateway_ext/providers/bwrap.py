@@ -99,8 +99,12 @@ def _ancestors(paths: list[str]) -> list[str]:
 
 
 def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: str,
-                    run_as: str | None = None) -> list[str]:
+                    run_as: str | None = None, lifeline_fd: int | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
     code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
     argv = [python, "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]
-    return argv + (["--run-as", run_as] if run_as else [])
+    if run_as:
+        argv += ["--run-as", run_as]
+    if lifeline_fd is not None:
+        argv += ["--exit-with-fd", str(lifeline_fd)]
+    return argv

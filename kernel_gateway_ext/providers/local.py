@@ -63,6 +63,7 @@ class LocalProvider(SandboxProvider):
         # closed, and claimed sandboxes must outlive this gateway when the store persists.
         self._children: dict[str, tuple[subprocess.Popen, dict]] = {}  # id -> (process, handle)
         self._kept: set[str] = set()
+        self._lifelines: dict[str, int] = {}  # sandbox id -> write end of its PicoD's lifeline
         # The last line of defence when the loop stops before shutdown finishes (a second
         # Ctrl-C): every sandbox this gateway started dies with it, unless marked to be kept.
         atexit.register(self._kill_unkept)
@@ -112,16 +113,17 @@ class LocalProvider(SandboxProvider):
         return cgroups.join_argv(procs) + bwrap.prlimit_argv(rlimits)
 
     async def _picod_argv(self, template: Template, python: str, directory: str,
-                          namespaces: tuple[int, int] | None) -> list[str]:
+                          namespaces: tuple[int, int] | None, lifeline: int | None) -> list[str]:
         run_dir = os.path.join(directory, "run")
         if not self.bwrap_used(template):
             source = os.path.dirname(self.picod_package)
             workspace = os.path.join(directory, "workspace")
-            return bwrap.picod_bootstrap(python, os.path.join(run_dir, bwrap.SOCKET_NAME), workspace, source)
+            return bwrap.picod_bootstrap(python, os.path.join(run_dir, bwrap.SOCKET_NAME), workspace, source,
+                                         lifeline_fd=lifeline)
         run_as = None if namespaces is None else f"{userns.USER_UID}:{userns.SANDBOX_GID}"
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         return (await self._bwrap_prefix(template, python, run_dir, namespaces)
-                + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as))
+                + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as, lifeline))
 
     async def _bwrap_prefix(self, template: Template, python: str, run_dir: str,
                             namespaces: tuple[int, int] | None, daemon: bool = True) -> list[str]:
@@ -155,6 +157,8 @@ class LocalProvider(SandboxProvider):
         handle = {"dir": directory, "daemon_uid": daemon_uid}
         sandbox: Sandbox | None = None
         namespaces = None  # (setup, sandbox) user namespace descriptors for bubblewrap
+        lifeline = None
+        inherited: list[int] = []  # descriptors the sandbox keeps (and we close after the spawn)
         try:
             await asyncio.to_thread(_make_dirs, directory, daemon_uid if mapped else None)
             if self.cgroups is not None:
@@ -167,7 +171,12 @@ class LocalProvider(SandboxProvider):
             if template.kind == "agent-runtime":
                 command, endpoint = await self._agent_argv(template, python, directory, env, namespaces)
             else:
-                command = await self._picod_argv(template, python, directory, namespaces)
+                if self.die_with_gateway:
+                    # PicoD exits when this pipe's write end, held only by this gateway, closes:
+                    # however the gateway dies, its sandboxes go with it.
+                    lifeline, self._lifelines[sandbox_id] = os.pipe()
+                    inherited.append(lifeline)
+                command = await self._picod_argv(template, python, directory, namespaces, lifeline)
                 endpoint = {"unix_socket": os.path.join(directory, "run", bwrap.SOCKET_NAME)}
             argv = self._isolation_argv(template, procs) + command
             log_path = os.path.join(directory, "sandbox.log")
@@ -177,7 +186,7 @@ class LocalProvider(SandboxProvider):
                 # that forked it, and this one lives as long as the gateway.
                 proc = subprocess.Popen(  # noqa: ASYNC220
                     argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                    start_new_session=True, cwd=directory, pass_fds=namespaces or ())
+                    start_new_session=True, cwd=directory, pass_fds=(*(namespaces or ()), *inherited))
             handle["pid"] = proc.pid
             sandbox = Sandbox(sandbox_id, template.name, endpoint, handle)
             self._children[sandbox_id] = (proc, sandbox.handle)
@@ -192,7 +201,9 @@ class LocalProvider(SandboxProvider):
             raise
         finally:
             if namespaces is not None:
-                os.close(namespaces[1])
+                inherited.append(namespaces[1])
+            for fd in inherited:
+                os.close(fd)
         return sandbox
 
     async def _agent_argv(self, template: Template, python: str, directory: str, env: dict[str, str],
@@ -244,6 +255,9 @@ class LocalProvider(SandboxProvider):
 
     async def destroy(self, sandbox: Sandbox) -> None:
         self._kept.discard(sandbox.id)
+        lifeline = self._lifelines.pop(sandbox.id, None)
+        if lifeline is not None:
+            os.close(lifeline)
         child = self._children.pop(sandbox.id, None)
         _kill_sandbox(sandbox.id, sandbox.handle)
         if child is not None:

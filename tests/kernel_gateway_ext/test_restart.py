@@ -17,7 +17,7 @@ from kernel_gateway_ext.providers.local import sandboxes_root
 from tests.support.processes import ServerProcess
 from tests.support.redis import RedisServer, free_port
 
-from .conftest import SANDBOX_PYTHON, TOKEN, picod_pid, wait_gone
+from .conftest import SANDBOX_PYTHON, TOKEN, picod_pid, sandbox_processes, wait_gone
 
 pytestmark = pytest.mark.slow
 HEADERS = {"Authorization": f"token {TOKEN}"}
@@ -111,3 +111,49 @@ def test_a_double_interrupt_still_leaves_nothing_running(tmp_path):
     finally:
         gateway.stop()
     assert not wait_gone(sandboxes_root(state_dir)), "a sandbox outlived the interrupted gateway"
+
+
+def test_sigkill_of_an_ephemeral_gateway_takes_its_sandboxes_along(tmp_path):
+    """With the in-memory store no session can outlive the gateway, so no sandbox may either,
+    even when the gateway is killed without a chance to clean up. The next gateway on the same
+    state directory sweeps what was left on disk (directories, cgroups)."""
+    state_dir = str(tmp_path / "state")
+    root = sandboxes_root(state_dir)
+    gateway = Gateway(state_dir, "", free_port())
+    try:
+        assert gateway.execute("1+1").status_code == 200
+        assert sandbox_processes(root)
+        cgroups_parent = gateway_cgroups(gateway)
+        gateway.proc.send_signal(signal.SIGKILL)
+        gateway.proc.wait(30)
+    finally:
+        gateway.stop()
+    assert not wait_gone(root), "a sandbox outlived the killed gateway"
+
+    successor = Gateway(state_dir, "", free_port())
+    try:
+        if cgroups_parent:
+            deadline = time.monotonic() + 10
+            while {n for n in os.listdir(cgroups_parent) if n.startswith("sb-")} - set(os.listdir(root)):
+                assert time.monotonic() < deadline, "the successor left dead sandboxes' cgroups behind"
+                time.sleep(0.1)
+    finally:
+        assert successor.stop() == 0, successor.log
+    assert not wait_gone(root)
+
+
+def gateway_cgroups(gateway: Gateway) -> str | None:
+    """The memory (v1) or unified (v2) cgroup directory that holds the gateway's sandboxes."""
+    for pid in sandbox_processes(sandboxes_root_of(gateway)):
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.strip().split(":", 2)
+                if controllers in ("memory", "") and "/sb-" in path:
+                    mount = "/sys/fs/cgroup/memory" if controllers == "memory" else "/sys/fs/cgroup"
+                    return os.path.dirname(mount + path)
+    return None
+
+
+def sandboxes_root_of(gateway: Gateway) -> str:
+    state_dir = gateway.argv[gateway.argv.index("--state-dir") + 1]
+    return sandboxes_root(state_dir)

@@ -201,3 +201,17 @@ async def test_channels_websocket_requires_auth(picod):
     with pytest.raises(HTTPClientError) as info:
         await websocket_connect(_ws_request(picod, token=KeyPair().token()))
     assert info.value.code == 401
+
+
+def test_kernel_output_is_capped_per_execution(fresh_picod):
+    """Kernel output is bounded like commands' output: what passes the cap is dropped and a
+    marker says how much, so a flood of print never reaches the daemon's client whole."""
+    picod = fresh_picod("--max-output", "1000")
+    body = run(picod, "print('x' * 5000)\nimport sys; print('e' * 1500, file=sys.stderr)\n"
+                      "from IPython.display import HTML, display\nfor _ in range(3): display(HTML('h' * 600))")
+    assert body["stdout"] == "x" * 1000
+    assert body["stderr"].startswith("e" * 1000)
+    assert "stdout truncated: 4001 bytes beyond the 1000-byte cap were dropped" in body["stderr"]
+    assert "stderr truncated: 501 bytes" in body["stderr"]
+    assert len(body["results"]) == 1 and "results truncated" in body["stderr"]
+    assert run(picod, "'fine'")["results"][0]["text/plain"] == "'fine'"
