@@ -57,6 +57,7 @@ class KernelCubeApp(ExtensionApp):
         "state-dir": "KernelCubeApp.state_dir",
         "sandbox-python": "KernelCubeApp.sandbox_python",
         "max-sandboxes": "KernelCubeApp.max_sandboxes",
+        "sandbox-uid-base": "KernelCubeApp.sandbox_uid_base",
     }
 
     backend = Enum(["local", "kubernetes"], config=True,
