@@ -33,6 +33,30 @@ READY_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0
 IOPUB_GRACE = 5.0  # seconds iopub may trail the execute_reply
 MAX_RESTART_FAILURES = 5
+# Run in every kernel at start: `%pip` that fails (no network, no such package) raises, so the
+# execution reports an error instead of "ok" with a failure buried in its output.
+KERNEL_STARTUP = """\
+def _picod_strict_pip():
+    shell = get_ipython()
+    original = shell.find_line_magic("pip")
+    if original is None:
+        return
+
+    def pip(line):
+        original(line)
+        status = shell.user_ns.get("_exit_code", 0)
+        if status:
+            raise RuntimeError(f"pip exited with status {status}; see its output above")
+
+    pip.__doc__ = original.__doc__
+    shell.register_magic_function(pip, "line", "pip")
+
+
+_picod_strict_pip()
+del _picod_strict_pip
+"""
+
+
 class Dead(str):
     """Queued to the requests in flight when their kernel dies; the text says why (or is empty)."""
 
@@ -77,8 +101,11 @@ class KernelBridge:
         os.makedirs(spec_dir)
         # History in memory: `In`, `Out` and %history work, but kernels never share (or lock) a
         # history database on disk, and nothing is left behind in the workspace or HOME.
+        startup = os.path.join(self._runtime_dir, "startup.py")
+        with open(startup, "w") as f:
+            f.write(KERNEL_STARTUP)
         argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                "--HistoryManager.hist_file=:memory:"]
+                "--HistoryManager.hist_file=:memory:", f"--IPKernelApp.exec_files={startup}"]
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
             json.dump({"argv": argv,
                        "display_name": "Python 3 (sandbox)", "language": "python",

@@ -15,6 +15,8 @@ from ..templates import Template
 from . import userns
 
 WORKSPACE = "/workspace"
+# Where `pip install` and `%pip install` put packages (on sys.path of the kernel and commands).
+PACKAGES = f"{WORKSPACE}/.packages"
 RUN_DIR = "/run/kernelcube"
 PICOD_SOURCE = "/opt/kernelcube"
 SOCKET_NAME = "picod.sock"
@@ -73,7 +75,8 @@ def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_pa
              "--perms", "1777", "--size", str(limits.tmp), "--tmpfs", "/tmp",
              "--perms", "1777", "--size", str(limits.shm), "--tmpfs", "/dev/shm",
              # setgid and group-writable: PicoD's uploads and user code's files share a group.
-             "--perms", "2770", "--size", str(limits.disk), "--tmpfs", WORKSPACE]
+             "--perms", "2770", "--size", str(limits.disk), "--tmpfs", WORKSPACE,
+             "--perms", "2770", "--dir", PACKAGES]
     picod_dest = f"{PICOD_SOURCE}/picod_kernel"
     # Directories above the binds, readable by user code too (bubblewrap would copy the host's
     # modes, and a home directory is 0700).
@@ -102,7 +105,9 @@ def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: s
                     run_as: str | None = None, lifeline_fd: int | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
     code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
-    argv = [python, "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]
+    # -I: the workspace (PicoD's working directory, writable by user code) must never be on
+    # PicoD's sys.path, nor PYTHONPATH (user packages): a module planted there would run as PicoD.
+    argv = [python, "-I", "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]
     if run_as:
         argv += ["--run-as", run_as]
     if lifeline_fd is not None:

@@ -137,11 +137,13 @@ class LocalProvider(SandboxProvider):
     def bwrap_used(self, template: Template) -> bool:
         return (template.isolation or self.isolation) != "none"
 
-    def _environment(self, template: Template, sandbox_id: str, python: str) -> dict[str, str]:
+    def _environment(self, template: Template, sandbox_id: str, python: str, workspace: str) -> dict[str, str]:
         path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
         # Caches and profiles go to the private /tmp, keeping the workspace for the user's files.
+        packages = bwrap.PACKAGES if self.bwrap_used(template) else os.path.join(workspace, ".packages")
         return {"PATH": path, "LANG": "C.UTF-8", "IPYTHONDIR": "/tmp/.ipython",
-                "MPLCONFIGDIR": "/tmp/.matplotlib", **template.env,
+                "MPLCONFIGDIR": "/tmp/.matplotlib", "PYTHONPATH": packages, "PIP_TARGET": packages,
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1", **template.env,
                 "PICOD_AUTH_PUBLIC_KEY": self.public_pem, "PICOD_SANDBOX_ID": sandbox_id,
                 "PICOD_KERNEL_PYTHON": python}
 
@@ -149,7 +151,7 @@ class LocalProvider(SandboxProvider):
         sandbox_id = f"sb-{uuid.uuid4().hex[:12]}"
         directory = os.path.join(self.root, sandbox_id)
         python = template.python or self.python
-        env = self._environment(template, sandbox_id, python)
+        env = self._environment(template, sandbox_id, python, os.path.join(directory, "workspace"))
         isolated = self.bwrap_used(template)
         mapped = isolated and self.no_userns is None
         # Outside the sandbox the daemon's files and processes belong to this host id.
@@ -352,6 +354,7 @@ def _make_dirs(directory: str, daemon_uid: int | None) -> None:
     user code can never replace the socket the gateway dials."""
     os.makedirs(directory, mode=0o700)
     os.mkdir(os.path.join(directory, "workspace"), 0o755)
+    os.mkdir(os.path.join(directory, "workspace", ".packages"), 0o755)
     run_dir = os.path.join(directory, "run")
     os.mkdir(run_dir, 0o700)
     if daemon_uid is not None:

@@ -161,3 +161,33 @@ async def test_sandbox_is_isolated(jp_fetch, gateway):
     assert "unreachable" in lines[4].lower() or "Errno" in lines[4]
     assert "Read-only file system" in lines[5]
     assert lines[6] == ""  # the daemon's key is not in the user's environment
+
+
+def _wheel(name: str, version: str, module_source: str) -> bytes:
+    """A minimal pure-Python wheel, built in memory (no network needed to install it)."""
+    import io
+    import zipfile
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": module_source,
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist}/RECORD"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return buffer.getvalue()
+
+
+async def test_pip_installs_into_the_workspace_and_failures_are_errors(jp_fetch, gateway):
+    session = body(await execute(jp_fetch, code="1"))["session_id"]
+    wheel = "kc_demo-1.0-py3-none-any.whl"
+    uploaded = await jp_fetch("v1", "sessions", session, "files", wheel, method="PUT",
+                              body=_wheel("kc_demo", "1.0", "ANSWER = 42\n"))
+    assert uploaded.code == 201
+    installed = body(await execute(jp_fetch, session_id=session, code=f"%pip install --no-index {wheel}\n"
+                                   "import kc_demo, os\n(kc_demo.ANSWER, os.path.dirname(kc_demo.__file__))"))
+    assert installed["status"] == "ok", installed
+    assert installed["results"][-1]["text/plain"] == "(42, '/workspace/.packages')"
+    failed = body(await execute(jp_fetch, session_id=session, code="%pip install --no-index no-such-package-kc"))
+    assert failed["status"] == "error" and "pip exited with status 1" in failed["error"]["value"]

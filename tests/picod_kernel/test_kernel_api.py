@@ -215,3 +215,10 @@ def test_kernel_output_is_capped_per_execution(fresh_picod):
     assert "stderr truncated: 501 bytes" in body["stderr"]
     assert len(body["results"]) == 1 and "results truncated" in body["stderr"]
     assert run(picod, "'fine'")["results"][0]["text/plain"] == "'fine'"
+
+
+def test_failed_pip_install_is_an_error(picod):
+    body = run(picod, "%pip install --no-index kernelcube-no-such-package", timeout=60)
+    assert body["status"] == "error" and body["error"]["name"] == "RuntimeError"
+    assert "pip exited with status 1" in body["error"]["value"]
+    assert "_picod_strict_pip" not in run(picod, "dir()")["results"][0]["text/plain"]
