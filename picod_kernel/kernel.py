@@ -319,6 +319,9 @@ class KernelBridge:
                     break
                 if interrupted:
                     log.warning("kernel ignored an interrupt for %.0fs; restarting it", INTERRUPT_GRACE)
+                    collector.set_error("TimeoutError", f"execution exceeded {timeout}s and ignored the "
+                                        f"interrupt for {INTERRUPT_GRACE:.0f}s; the kernel was restarted "
+                                        "and its variables are lost", [])
                     await self.restart()
                     return "timeout"
                 interrupted = True

@@ -222,3 +222,13 @@ def test_failed_pip_install_is_an_error(picod):
     assert body["status"] == "error" and body["error"]["name"] == "RuntimeError"
     assert "pip exited with status 1" in body["error"]["value"]
     assert "_picod_strict_pip" not in run(picod, "dir()")["results"][0]["text/plain"]
+
+
+def test_code_that_ignores_the_interrupt_gets_a_restarted_kernel_and_says_so(fresh_picod):
+    picod = fresh_picod()
+    run(picod, "lost = 1")
+    body = run(picod, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)", timeout=1)
+    assert body["status"] == "timeout" and body["error"]["name"] == "TimeoutError"
+    assert "kernel was restarted" in body["error"]["value"] and "lost" in body["error"]["value"]
+    # the next call is served by the new kernel, without a retry
+    assert run(picod, "'lost' in globals()")["results"][0]["text/plain"] == "False"
