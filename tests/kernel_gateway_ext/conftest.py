@@ -12,10 +12,9 @@ import time
 import pytest
 
 from kernel_gateway_ext.providers.local import _descendants
+from tests.support.gateway import REPO, SANDBOX_PYTHON, TOKEN
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SANDBOX_PYTHON = os.path.join(REPO, ".sandbox-venv", "bin", "python")
-TOKEN = "test-token-0123456789"
+__all__ = ["REPO", "SANDBOX_PYTHON", "TOKEN"]
 
 
 def sandbox_processes(root: str) -> list[int]:

@@ -130,7 +130,7 @@ async def test_workload_manager_delete_unknown(jp_fetch, gateway):
 
 
 async def test_concurrency_limit_answers_429(jp_fetch, gateway):
-    gateway.max_concurrent_requests = 0
+    gateway.router_limiter.limit = 0
     response = await jp_fetch("v1", "namespaces", "default", "code-interpreters", "default", "invocations",
                               "api", "execute", method="POST", body="{}", raise_error=False,
                               headers={"x-agentcube-session-id": "any"})
