@@ -10,6 +10,8 @@ gateway token. Workload Manager: `POST /v1/code-interpreter` creates a session,
 
 from __future__ import annotations
 
+import io
+
 import aiohttp
 
 from ..sessions import UnknownSession, UnknownTemplate
@@ -102,7 +104,9 @@ class RouterHandler(GatewayHandler):
         headers.update({"X-Forwarded-Host": request.host, "X-Forwarded-Proto": request.protocol,
                         "X-Forwarded-For": f"{prior}, {request.remote_ip}" if prior else request.remote_ip,
                         SESSION_HEADER: session.record.session_id})
-        body = self.body if request.method == "POST" else None
+        # A file object, which aiohttp sends in chunks without blocking the loop on a large body.
+        body = io.BytesIO(bytes(self.body)) if request.method == "POST" else None
+        self.body.clear()
         response = await session.client.request(request.method, target, token=session.token,
                                                 headers=headers, data=body,
                                                 read_timeout=self.gateway.relay_timeout)

@@ -9,6 +9,7 @@ are the ones `openapi.json` documents (a test holds them equal).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -226,7 +227,9 @@ class FileHandler(GatewayHandler):
     """PUT writes raw bytes to a path in the session's workspace; GET streams it back."""
 
     async def put(self, session_id: str, path: str) -> None:
-        data = self.body
+        # A file object, which aiohttp sends in chunks; the buffer is dropped, so one copy lives.
+        data = io.BytesIO(bytes(self.body))
+        self.body.clear()
         form = aiohttp.FormData()
         form.add_field("path", path)
         form.add_field("file", data, filename="upload", content_type="application/octet-stream")
