@@ -13,6 +13,7 @@ import pytest
 
 from kernel_gateway_ext.providers.local import _descendants
 from tests.support.gateway import REPO, SANDBOX_PYTHON, TOKEN
+from tests.support.rawhttp import Connection
 
 __all__ = ["REPO", "SANDBOX_PYTHON", "TOKEN"]
 
@@ -121,3 +122,22 @@ def describe(pids: list[int]) -> list[str]:
         except OSError:
             out.append(f"{pid}: (gone)")
     return out
+
+
+ROUTER = "/v1/namespaces/default/code-interpreters/default/invocations"
+
+
+async def new_session(fetch) -> str:
+    return body(await fetch("v1", "sessions", method="POST", body="{}"))["session_id"]
+
+
+@pytest.fixture
+def connect(jp_http_port):
+    opened: list[Connection] = []
+
+    async def open_one() -> Connection:
+        opened.append(await Connection.open(jp_http_port))
+        return opened[-1]
+    yield open_one
+    for connection in opened:
+        connection.close()

@@ -7,7 +7,6 @@ bodies held in memory by all requests together are bounded and released after; o
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -15,72 +14,15 @@ import pytest
 from picod_kernel import base as picod_base
 from picod_kernel.limits import MAX_BODY_BYTES
 
-from .conftest import TOKEN, body, wait_ready
+from .conftest import ROUTER, TOKEN, body, new_session, wait_ready
 
 MiB = 1024 * 1024
-ROUTER = "/v1/namespaces/default/code-interpreters/default/invocations"
-
-
-class Connection:
-    """One raw keep-alive HTTP/1.1 connection to the gateway."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int):
-        self.reader, self.writer, self.port = reader, writer, port
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer, port)
-
-    async def send_head(self, method: str, path: str, headers: dict | None = None) -> None:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await self.writer.drain()
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self) -> tuple[int, dict, bytes]:
-        return await asyncio.wait_for(self._response(), 60)
-
-    async def _response(self) -> tuple[int, dict, bytes]:
-        status = int((await self.reader.readline()).split()[1])
-        headers = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, value = line.decode().split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-        size = 0 if status == 100 else int(headers.get("content-length", "0"))
-        return status, headers, await self.reader.readexactly(size)
-
-    async def closed_by_server(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(), 60) == b""
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-@pytest.fixture
-def connect(jp_http_port):
-    opened: list[Connection] = []
-
-    async def open_one() -> Connection:
-        opened.append(await Connection.open(jp_http_port))
-        return opened[-1]
-    yield open_one
-    for connection in opened:
-        connection.close()
 
 
 async def held_bytes(jp_fetch) -> float:
     text = (await jp_fetch("metrics")).body.decode()
     return float(next(line.split()[1] for line in text.splitlines()
                       if line.startswith("kernelcube_request_body_bytes ")))
-
-
-async def new_session(jp_fetch) -> str:
-    return body(await jp_fetch("v1", "sessions", method="POST", body="{}"))["session_id"]
 
 
 async def test_refusals_come_before_the_body(jp_fetch, gateway, connect):
