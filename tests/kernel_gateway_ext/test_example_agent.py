@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,8 +30,10 @@ def agent_python(tmp_path) -> str:
     python = str(venv / "bin" / "python")
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    source = tmp_path / "agent"  # a copy: building writes next to the sources
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    "--no-build-isolation", "--target", site, EXAMPLE],
+                    "--no-build-isolation", "--target", site, str(source)],
                    check=True, capture_output=True, timeout=300, cwd=tmp_path)
     return python
 
