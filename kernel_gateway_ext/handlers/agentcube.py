@@ -37,7 +37,8 @@ class RouterHandler(GatewayHandler):
 
     def initialize(self, *args, **kwargs) -> None:
         super().initialize(*args, **kwargs)
-        self._slot: str | None = None
+        self._slot: str | None = None  # the limiter slot held, by session id ("" for a new session)
+        self._session_id = ""
 
     def error_body(self, status: int, code: str, message: str) -> dict:
         if code in ("SERVER_OVERLOADED", "SESSION_OVERLOADED", "UNAUTHORIZED", "JWT_SIGNING_FAILED"):
@@ -58,7 +59,7 @@ class RouterHandler(GatewayHandler):
             raise GatewayError(429, "SESSION_OVERLOADED", f"session {session_id} already has "
                                f"{limiter.per_session} calls in flight, its share of the gateway; wait "
                                "for one to finish, then retry", {"Retry-After": "1"})
-        self._slot = session_id
+        self._slot = self._session_id = session_id
         if session_id and await self.gateway.store.get(session_id) is None:
             raise _unknown_session(session_id)
 
@@ -80,7 +81,7 @@ class RouterHandler(GatewayHandler):
         return raw[raw.index("/invocations") + len("/invocations"):] or "/"
 
     async def _relay(self, namespace: str, plural: str, name: str) -> None:
-        session_id = self._slot or await self._create(namespace, KINDS[plural], name)
+        session_id = self._session_id or await self._create(namespace, KINDS[plural], name)
         try:
             async with self.sessions.use(session_id) as session:
                 await self._proxy(session, self._upstream_path())
