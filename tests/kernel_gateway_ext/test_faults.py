@@ -112,8 +112,10 @@ def short_lived(gateway_config):
 async def test_reaper(short_lived, jp_fetch, gateway):
     await wait_ready(jp_fetch)
     idle = await new_session(jp_fetch, "brief")
-    busy = await new_session(jp_fetch, "brief")
     capped = await new_session(jp_fetch, "capped")
+    # Created last, right before its call: a cold start of another session in between could
+    # otherwise outlast its idle timeout on a busy machine.
+    busy = await new_session(jp_fetch, "brief")
     # `busy` runs longer than its idle timeout: in use, it must not be reaped meanwhile.
     long_run = asyncio.ensure_future(execute(jp_fetch, busy, "import time; time.sleep(2.5); 'done'"))
     await asyncio.sleep(2.0)
