@@ -1,25 +1,38 @@
-# KernelCube: `make run` starts the gateway, `make test` runs the whole suite. Both install
-# what is missing first (system packages when running as root, then the virtualenv).
+# KernelCube: `make run` starts the gateway, `make test` runs the whole suite. Each installs what
+# it needs and is missing first (system packages when running as root, then the virtualenvs):
+# `make run` only what running needs; `make test`, `make lint` and `make bench` add the dev tools.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The sandboxes' own Python (kernel, PicoD, numpy/pandas/matplotlib), apart from the gateway's.
 SANDBOX_VENV ?= .sandbox-venv
-SYSTEM_PACKAGES := bubblewrap redis-server
 HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test bench lint clean
+.PHONY: install install-run install-dev system-deps-run system-deps-dev run test bench lint clean
 
-install: system-deps $(VENV)/.installed $(SANDBOX_VENV)/.installed
+# Everything: what running needs, plus the tests' and the linters' dependencies.
+install: install-dev
 
-# apt packages the sandboxes and the tests need; installed only when missing and we are root.
-system-deps:
+install-run: system-deps-run $(VENV)/.installed-run $(SANDBOX_VENV)/.installed
+
+install-dev: install-run system-deps-dev $(VENV)/.installed-dev
+
+# apt packages, installed only when missing and we are root: sandboxes need bubblewrap; the
+# tests also need redis-server (a real one, for the Redis session store).
+system-deps-run:
+	@$(MAKE) --no-print-directory _apt COMMANDS="bwrap:bubblewrap"
+
+system-deps-dev:
+	@$(MAKE) --no-print-directory _apt COMMANDS="bwrap:bubblewrap redis-server:redis-server"
+
+_apt:
 	@missing=""; \
-	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	for pair in $(COMMANDS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing system packages:$$missing"; \
@@ -29,9 +42,15 @@ system-deps:
 		fi; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
@@ -41,16 +60,16 @@ $(SANDBOX_VENV)/.installed: sandbox-requirements.txt
 	$(SANDBOX_VENV)/bin/python -m pip install -q -r sandbox-requirements.txt
 	@touch $@
 
-run: install
+run: install-run
 	$(VENV)/bin/kernelcube --ip $(HOST) --port $(PORT)
 
-test: install
+test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install-dev
 	$(PY) -m bench
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 
 clean:

@@ -7,44 +7,71 @@ common ones have command-line aliases (`kernelcube --help-all` lists them all).
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import ipaddress
-import json
 import logging
 import os
 import sys
 
+from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Dict, Enum, Float, Int, Unicode, default, validate
 
-from .handlers import agentcube, execute, health
+from picod_kernel.limits import MAX_BODY_BYTES
+
+from .admission import BodyBudget, FairLimiter
+from .envconfig import ConfigError, env_float, env_int, env_json_object, env_str
+from .handlers import agentcube, execute, fallback, health, openapi
 from .identity import Identity
 from .metrics import Metrics
 from .pool import Capacity, WarmPool
 from .providers.bwrap import find_bwrap
 from .providers.local import LocalProvider
 from .providers.userns import DEFAULT_BASE as DEFAULT_UID_BASE
-from .providers.userns import UsernsError
+from .providers.userns import RANGE, UsernsError
 from .sessions import SessionManager
 from .store import MemoryStore, make_store
 from .templates import TemplateError, load_templates
 
-# When launched as `kernelcube`, the server offers only these of jupyter-server's own services:
-# no contents or files API (the gateway's disk is not the users'), no local kernels.
-GATEWAY_SERVICES = ("api", "auth", "security")
+# When launched as `kernelcube`, the server offers none of jupyter-server's own services (no
+# contents, files, view, nbconvert or local kernels: the gateway's disk is not the users'), and
+# the gateway's JSON 404 answers every path it does not route (see `initialize_handlers`).
+GATEWAY_SERVICES: tuple[str, ...] = ()
+STANDALONE = "_kernelcube_standalone"  # marks a ServerApp made by `kernelcube` itself
 
 
-def _env(name: str, fallback: str = "") -> str:
-    return os.environ.get(name, fallback)
+# The environment variable behind each setting that has one, to name it in errors.
+ENV_NAMES = {"backend": "KERNELCUBE_BACKEND", "pool_size": "KERNELCUBE_POOL_SIZE",
+             "redis_url": "KERNELCUBE_REDIS_URL", "isolation": "KERNELCUBE_ISOLATION",
+             "state_dir": "KERNELCUBE_STATE_DIR", "sandbox_python": "KERNELCUBE_SANDBOX_PYTHON",
+             "templates": "KERNELCUBE_TEMPLATES", "max_sandboxes": "KERNELCUBE_MAX_SANDBOXES",
+             "claim_timeout": "KERNELCUBE_CLAIM_TIMEOUT", "execute_timeout": "KERNELCUBE_EXECUTE_TIMEOUT",
+             "relay_timeout": "KERNELCUBE_RELAY_TIMEOUT"}
+
+
+def _setting(name: str) -> str:
+    return f"{name} ({ENV_NAMES[name]})" if name in ENV_NAMES else name
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kernelcube")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class KernelCubeApp(ExtensionApp):
     name = "kernelcube"
+    version = _version()
     description = ("KernelCube: a code-interpreter gateway. Sessions get fresh, isolated sandboxes with a "
                    "live Jupyter kernel, drawn from warm pools, through the AgentCube API and a plain "
                    "HTTP execute API.")
     extension_url = "/v1/sessions"
     load_other_extensions = False
     open_browser = False
+    # The `token` alias points at IdentityProvider, so --help must know that class too.
+    classes = [*ExtensionApp.classes, IdentityProvider]
+    _started = _stopped = False  # until initialize_settings; a failed start must still stop cleanly
 
     aliases = {
         "ip": "ServerApp.ip",
@@ -92,60 +119,113 @@ class KernelCubeApp(ExtensionApp):
     execute_timeout = Float(config=True, help="Default execution timeout in seconds when a request gives "
                                               "none. Env: KERNELCUBE_EXECUTE_TIMEOUT.")
     reap_interval = Float(15.0, config=True, help="Seconds between reaper passes (idle and expired sessions).")
-    max_body_bytes = Int(64 * 1024 * 1024, config=True, help="Largest request body accepted (413 above).")
+    max_body_bytes = Int(MAX_BODY_BYTES, config=True,
+                         help="Largest request body accepted (413 above); by default the same limit "
+                              "as PicoD's, so every hop agrees.")
+    max_buffered_bytes = Int(8 * MAX_BODY_BYTES, config=True,
+                             help="Request bodies held in memory at once, all requests together; an "
+                                  "upload beyond it gets 503 with Retry-After.")
     max_concurrent_requests = Int(1000, config=True,
                                   help="Router requests in flight before 429 (AgentCube's limit).")
+    max_session_share = Float(0.25, config=True,
+                              help="Fraction of max_concurrent_requests one session may hold in flight "
+                                   "on the Router (at least 1); beyond it that session gets 429 with "
+                                   "Retry-After while the others proceed.")
+    relay_timeout = Float(config=True,
+                          help="Seconds a relayed Router call may wait for the sandbox to send anything "
+                               "(504 after). Env: KERNELCUBE_RELAY_TIMEOUT.")
 
     @default("backend")
     def _backend_default(self) -> str:
-        return _env("KERNELCUBE_BACKEND", "local")
+        return self._env_choice("backend", "KERNELCUBE_BACKEND", "local")
 
     @default("pool_size")
     def _pool_size_default(self) -> int:
-        return int(_env("KERNELCUBE_POOL_SIZE", "2"))
+        return env_int("KERNELCUBE_POOL_SIZE", 2)
 
     @default("sandbox_uid_base")
     def _sandbox_uid_base_default(self) -> int:
-        return int(_env("KERNELCUBE_SANDBOX_UID_BASE", str(DEFAULT_UID_BASE)))
+        return env_int("KERNELCUBE_SANDBOX_UID_BASE", DEFAULT_UID_BASE)
 
     @default("redis_url")
     def _redis_url_default(self) -> str:
-        return _env("KERNELCUBE_REDIS_URL")
+        return env_str("KERNELCUBE_REDIS_URL")
 
     @default("isolation")
     def _isolation_default(self) -> str:
-        return _env("KERNELCUBE_ISOLATION", "bwrap")
+        return self._env_choice("isolation", "KERNELCUBE_ISOLATION", "bwrap")
 
     @default("state_dir")
     def _state_dir_default(self) -> str:
-        return _env("KERNELCUBE_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".local", "state", "kernelcube")
+        return env_str("KERNELCUBE_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".local", "state", "kernelcube")
 
     @default("sandbox_python")
     def _sandbox_python_default(self) -> str:
-        return _env("KERNELCUBE_SANDBOX_PYTHON") or os.path.abspath(os.path.join(".sandbox-venv", "bin", "python"))
+        return env_str("KERNELCUBE_SANDBOX_PYTHON") or os.path.abspath(os.path.join(".sandbox-venv", "bin", "python"))
 
     @default("templates")
     def _templates_default(self) -> dict:
-        raw = _env("KERNELCUBE_TEMPLATES")
-        return json.loads(raw) if raw else {}
+        return env_json_object("KERNELCUBE_TEMPLATES")
 
     @default("max_sandboxes")
     def _max_sandboxes_default(self) -> int:
-        return int(_env("KERNELCUBE_MAX_SANDBOXES", "32"))
+        return env_int("KERNELCUBE_MAX_SANDBOXES", 32)
 
     @default("claim_timeout")
     def _claim_timeout_default(self) -> float:
-        return float(_env("KERNELCUBE_CLAIM_TIMEOUT", "60"))
+        return env_float("KERNELCUBE_CLAIM_TIMEOUT", 60.0)
 
     @default("execute_timeout")
     def _execute_timeout_default(self) -> float:
-        return float(_env("KERNELCUBE_EXECUTE_TIMEOUT", "600"))
+        return env_float("KERNELCUBE_EXECUTE_TIMEOUT", 600.0)
 
-    @validate("pool_size", "max_sandboxes", "max_parallel_starts")
-    def _non_negative(self, proposal):
-        if proposal["value"] < 0 or (proposal["trait"].name != "pool_size" and proposal["value"] == 0):
-            raise ValueError(f"{proposal['trait'].name} must be {'>= 0' if proposal['trait'].name == 'pool_size' else '>= 1'}")
+    @default("relay_timeout")
+    def _relay_timeout_default(self) -> float:
+        return env_float("KERNELCUBE_RELAY_TIMEOUT", 600.0)
+
+    def _env_choice(self, trait: str, name: str, fallback: str) -> str:
+        value = env_str(name, fallback)
+        choices = self.traits()[trait].values
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        return value
+
+    @validate("pool_size", "max_sandboxes", "max_parallel_starts", "max_body_bytes", "max_buffered_bytes",
+              "max_concurrent_requests")
+    def _counts(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        least = 0 if name == "pool_size" else 1
+        if value < least:
+            raise ConfigError(f"{_setting(name)} must be >= {least}, not {value}")
+        return value
+
+    @validate("claim_timeout", "execute_timeout", "relay_timeout", "reap_interval")
+    def _seconds(self, proposal):
+        if not proposal["value"] > 0:
+            raise ConfigError(f"{_setting(proposal['trait'].name)} must be a positive number of seconds, "
+                              f"not {proposal['value']}")
         return proposal["value"]
+
+    @validate("sandbox_uid_base")
+    def _uid_base(self, proposal):
+        # 0 would map the sandbox's uid 0 to host root: the very thing the mapping prevents.
+        if not 0 < proposal["value"] <= 2**32 - 2 - RANGE:
+            raise ConfigError(f"{_setting('sandbox_uid_base')} must be between 1 and {2**32 - 2 - RANGE} "
+                              f"(a range of {RANGE} unused host ids), not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("max_session_share")
+    def _share(self, proposal):
+        if not 0 < proposal["value"] <= 1:
+            raise ConfigError(f"max_session_share must be in (0, 1], not {proposal['value']}")
+        return proposal["value"]
+
+    def _check_config(self) -> None:
+        """Read every setting once, so a bad one fails the launch instead of a later request.
+        Defaults (from the environment) are assigned back, since traitlets validates only
+        assignments."""
+        for name in self.class_own_traits(config=True):
+            setattr(self, name, getattr(self, name))
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -153,9 +233,14 @@ class KernelCubeApp(ExtensionApp):
     def make_serverapp(cls, **kwargs):
         serverapp = super().make_serverapp(**kwargs)
         serverapp.default_services = GATEWAY_SERVICES
+        setattr(serverapp, STANDALONE, True)
         # jupyter-server refuses root because notebooks would run user code as root; here user code
         # runs only inside sandboxes without capabilities, never in the gateway process.
         serverapp.allow_root = True
+        # A port in use is an error to report, not a reason to serve somewhere nobody looks.
+        serverapp.port_retries = 0
+        # A gateway that failed to configure must exit, not serve jupyter-server's HTML 404s.
+        serverapp.reraise_server_extension_failures = True
         return serverapp
 
     @property
@@ -166,6 +251,7 @@ class KernelCubeApp(ExtensionApp):
         logging.getLogger("kernelcube").handlers = self.log.handlers
         logging.getLogger("kernelcube").setLevel(self.log.level)
         logging.getLogger("kernelcube").propagate = False
+        self._check_config()
         self._guard_unauthenticated_bind()
         if self.backend == "kubernetes":
             raise SystemExit("kernelcube: the kubernetes backend is not available in this release; "
@@ -180,17 +266,24 @@ class KernelCubeApp(ExtensionApp):
                              "with this gateway's rights. Use this for development only.")
         try:
             templates = load_templates(self.templates, self.pool_size)
-        except TemplateError as exc:
-            raise SystemExit(f"kernelcube: {exc}") from None
+        except (TemplateError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{_setting('templates')}: {exc}") from None
         self.metrics = Metrics()
-        self.store = make_store(self.redis_url or None)
-        self.identity = Identity.load_or_create(os.path.join(self.state_dir, "identity"))
+        try:
+            self.store = make_store(self.redis_url or None)
+        except ValueError as exc:
+            raise ConfigError(f"{_setting('redis_url')}: {exc}") from None
+        try:
+            self.identity = Identity.load_or_create(os.path.join(self.state_dir, "identity"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{_setting('state_dir')} {self.state_dir!r} cannot hold the "
+                              f"signing key: {exc}") from None
         try:
             self.provider = LocalProvider(self.state_dir, self.identity.public_pem, self.isolation, python,
                                           die_with_gateway=not self.store.persistent,
                                           uid_base=self.sandbox_uid_base)
         except (UsernsError, OSError) as exc:
-            raise SystemExit(f"kernelcube: cannot prepare local sandboxes: {exc}") from None
+            raise ConfigError(f"cannot prepare local sandboxes: {exc}") from None
         for note in self.provider.describe_isolation():
             (self.log.warning if note.startswith("WARNING") else self.log.info)(note.removeprefix("WARNING: "))
         self.capacity = Capacity(self.max_sandboxes)
@@ -199,7 +292,9 @@ class KernelCubeApp(ExtensionApp):
         self.metrics.watch_pools(self.pools)
         self.sessions = SessionManager(self.store, self.provider, self.pools, templates, self.identity,
                                        self.capacity, self.metrics)
-        self.router_in_flight = 0
+        self.router_limiter = FairLimiter(self.max_concurrent_requests, self.max_session_share)
+        self.body_budget = BodyBudget(self.max_buffered_bytes)
+        self.metrics.watch_body_budget(self.body_budget)
         self._tasks: list[asyncio.Task] = []
         self._started = self._stopped = False
 
@@ -228,7 +323,12 @@ class KernelCubeApp(ExtensionApp):
         return sys.executable
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(health.default_handlers + agentcube.default_handlers + execute.default_handlers)
+        self.handlers.extend(health.default_handlers + agentcube.default_handlers + execute.default_handlers
+                             + openapi.default_handlers)
+        if getattr(self.serverapp, STANDALONE, False):
+            # Last, so it answers only what nothing above routes; extension rules come before
+            # jupyter-server's own, so it also hides whatever the server would still serve.
+            self.handlers.extend(fallback.default_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         await self.ensure_started()

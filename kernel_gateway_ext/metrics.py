@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import collections
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
+MAX_COUNTED_SESSIONS = 100_000
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -26,8 +30,22 @@ class Metrics:
                                               "Sandboxes that failed to start", ["template"],
                                               registry=self.registry)
 
+        self.sessions_active = Gauge("kernelcube_sessions_active",
+                                     "Sessions in the session store, by template, counted at scrape time "
+                                     "(replicas sharing a store all report the same number)",
+                                     ["template"], registry=self.registry)
+
     def watch_pools(self, pools: dict) -> None:
         self.registry.register(_PoolCollector(pools))
+
+    def watch_body_budget(self, budget) -> None:
+        self.registry.register(_BudgetCollector(budget))
+
+    async def count_sessions(self, store, templates) -> None:
+        """Refresh the active-sessions gauge from the store (the truth), every template shown."""
+        counts = collections.Counter(r.template for r in await store.list(limit=MAX_COUNTED_SESSIONS))
+        for name in {*templates, *counts}:
+            self.sessions_active.labels(name).set(counts.get(name, 0))
 
 
 class _PoolCollector:
@@ -45,3 +63,14 @@ class _PoolCollector:
             creating.add_metric([name], pool.creating)
             waiting.add_metric([name], pool.waiting)
         return [ready, creating, waiting]
+
+
+class _BudgetCollector:
+    def __init__(self, budget):
+        self.budget = budget
+
+    def collect(self):
+        held = GaugeMetricFamily("kernelcube_request_body_bytes",
+                                 "Bytes of request bodies held in memory (reserved), all requests together")
+        held.add_metric([], self.budget.held)
+        return [held]

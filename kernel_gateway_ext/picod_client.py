@@ -81,8 +81,10 @@ class PicodClient:
                                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
 
     async def request(self, method: str, path: str, *, token: str | None = None, headers: dict | None = None,
-                      data=None, timeout: float | None = None) -> aiohttp.ClientResponse:
-        """Send one request; the caller reads and releases the response (a context manager)."""
+                      data=None, timeout: float | None = None,
+                      read_timeout: float | None = None) -> aiohttp.ClientResponse:
+        """Send one request; the caller reads and releases the response (a context manager).
+        `timeout` bounds the whole call; `read_timeout`, each wait for the sandbox's next bytes."""
         headers = dict(headers or {})
         # Compression over loopback or a Unix socket only costs time; relayed clients that ask
         # for gzip get it (their Accept-Encoding is forwarded and the body passed through).
@@ -91,13 +93,14 @@ class PicodClient:
             headers["Authorization"] = f"Bearer {token}"
         try:
             return await self._session.request(method, self.base_url + path, headers=headers, data=data,
-                                               timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5))
+                                               timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5,
+                                                                             sock_read=read_timeout))
+        except TimeoutError as exc:  # before OSError, its base class
+            raise PicodUnreachable("the sandbox did not answer in time") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             if isinstance(exc.__cause__, PeerCheckFailed):  # aiohttp wraps what the connector raised
                 raise exc.__cause__ from None
             raise PicodUnreachable(f"the sandbox did not answer ({_reason(exc)})") from exc
-        except TimeoutError as exc:
-            raise PicodUnreachable("the sandbox did not answer in time") from exc
 
     async def call_json(self, method: str, path: str, body: dict | None, *, token: str,
                         timeout: float | None = None, headers: dict | None = None) -> tuple[int, dict]:

@@ -12,10 +12,10 @@ import logging
 from tornado import web
 
 from .auth import AuthError
+from .limits import MAX_BODY_BYTES
 
 log = logging.getLogger("picod.http")
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
 TOO_LARGE = {"error": "request body too large", "detail": f"maximum allowed size is {MAX_BODY_BYTES} bytes"}
 
 
@@ -86,6 +86,8 @@ class PicodHandler(web.RequestHandler):
             value = json.loads(self._body or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(400, f"invalid JSON body: {exc}") from None
+        except RecursionError:
+            raise RequestError(400, "invalid JSON body: nested too deeply") from None
         if not isinstance(value, dict):
             raise RequestError(400, f"the body must be a JSON object, not {type(value).__name__ if value is not None else 'empty'}")
         return value

@@ -10,6 +10,8 @@ gateway token. Workload Manager: `POST /v1/code-interpreter` creates a session,
 
 from __future__ import annotations
 
+import io
+
 import aiohttp
 
 from ..sessions import UnknownSession, UnknownTemplate
@@ -27,12 +29,45 @@ CHUNK = 256 * 1024
 
 
 class RouterHandler(GatewayHandler):
-    requires_token = False  # checked below, only when a session must be created
+    """Admission (before the body is read): a call on a session needs that session to exist; a
+    call without one creates a session, which needs the gateway token. Either way it takes a
+    slot of the fair concurrency limit, held until the answer is sent."""
+
+    requires_token = False  # checked in admit, only when a session must be created
+
+    def initialize(self, *args, **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self._slot: str | None = None  # the limiter slot held, by session id ("" for a new session)
+        self._session_id = ""
 
     def error_body(self, status: int, code: str, message: str) -> dict:
-        if code in ("SERVER_OVERLOADED", "UNAUTHORIZED", "JWT_SIGNING_FAILED"):
+        if code in ("SERVER_OVERLOADED", "SESSION_OVERLOADED", "UNAUTHORIZED", "JWT_SIGNING_FAILED"):
             return {"error": message, "code": code}
         return {"error": message}
+
+    async def admit(self) -> None:
+        session_id = self.request.headers.get(SESSION_HEADER, "").strip()
+        if not session_id and not self.token_ok():
+            raise GatewayError(401, "UNAUTHORIZED", "authentication required: send the gateway token to "
+                               f"create a session, or {SESSION_HEADER} to use one")
+        limiter = self.gateway.router_limiter
+        refused = limiter.acquire(session_id)
+        if refused == "global":
+            raise GatewayError(429, "SERVER_OVERLOADED", "server overloaded, please try again later",
+                               {"Retry-After": "1"})
+        if refused == "session":
+            raise GatewayError(429, "SESSION_OVERLOADED", f"session {session_id} already has "
+                               f"{limiter.per_session} calls in flight, its share of the gateway; wait "
+                               "for one to finish, then retry", {"Retry-After": "1"})
+        self._slot = self._session_id = session_id
+        if session_id and await self.gateway.store.get(session_id) is None:
+            raise _unknown_session(session_id)
+
+    def _release(self) -> None:
+        super()._release()
+        if self._slot is not None:
+            self.gateway.router_limiter.release(self._slot)
+            self._slot = None
 
     async def get(self, namespace: str, plural: str, name: str, _path: str | None) -> None:
         await self._relay(namespace, plural, name)
@@ -46,27 +81,14 @@ class RouterHandler(GatewayHandler):
         return raw[raw.index("/invocations") + len("/invocations"):] or "/"
 
     async def _relay(self, namespace: str, plural: str, name: str) -> None:
-        gateway = self.gateway
-        if gateway.router_in_flight >= gateway.max_concurrent_requests:
-            raise GatewayError(429, "SERVER_OVERLOADED", "server overloaded, please try again later")
-        gateway.router_in_flight += 1
+        session_id = self._session_id or await self._create(namespace, KINDS[plural], name)
         try:
-            session_id = self.request.headers.get(SESSION_HEADER, "").strip()
-            if not session_id:
-                session_id = await self._create(namespace, KINDS[plural], name)
-            try:
-                async with self.sessions.use(session_id) as session:
-                    await self._proxy(session, self._upstream_path())
-            except UnknownSession:
-                raise GatewayError(404, "SESSION_NOT_FOUND",
-                                   f'sessions.agentcube.volcano.sh "{session_id}" not found') from None
-        finally:
-            gateway.router_in_flight -= 1
+            async with self.sessions.use(session_id) as session:
+                await self._proxy(session, self._upstream_path())
+        except UnknownSession:
+            raise _unknown_session(session_id) from None
 
     async def _create(self, namespace: str, kind: str, name: str) -> str:
-        if not self.token_ok():
-            raise GatewayError(401, "UNAUTHORIZED", "authentication required: send the gateway token to "
-                               f"create a session, or {SESSION_HEADER} to use one")
         try:
             record = await self.sessions.create(name, timeout=self.gateway.claim_timeout,
                                                 namespace=namespace, kind=kind)
@@ -83,9 +105,12 @@ class RouterHandler(GatewayHandler):
         headers.update({"X-Forwarded-Host": request.host, "X-Forwarded-Proto": request.protocol,
                         "X-Forwarded-For": f"{prior}, {request.remote_ip}" if prior else request.remote_ip,
                         SESSION_HEADER: session.record.session_id})
-        body = self.body if request.method == "POST" else None
+        # A file object, which aiohttp sends in chunks without blocking the loop on a large body.
+        body = io.BytesIO(bytes(self.body)) if request.method == "POST" else None
+        self.body.clear()
         response = await session.client.request(request.method, target, token=session.token,
-                                                headers=headers, data=body)
+                                                headers=headers, data=body,
+                                                read_timeout=self.gateway.relay_timeout)
         async with response:
             self.set_status(response.status, response.reason)
             for name in FORWARDED_RESPONSE_HEADERS:
@@ -100,6 +125,10 @@ class RouterHandler(GatewayHandler):
             except aiohttp.ClientError as exc:
                 self.log.warning("sandbox stream of session %s broke: %s", session.record.session_id, exc)
         self.finish()
+
+
+def _unknown_session(session_id: str) -> GatewayError:
+    return GatewayError(404, "SESSION_NOT_FOUND", f'sessions.agentcube.volcano.sh "{session_id}" not found')
 
 
 class WorkloadManagerHandler(GatewayHandler):

@@ -53,17 +53,29 @@ def translate(exc: BaseException) -> GatewayError | None:
     return None
 
 
+# A refused request's body up to this size is read and dropped, so the client's keep-alive
+# connection stays usable; a larger or unsized one is not read at all and the connection closes.
+DRAIN_LIMIT = 1024 * 1024
+
+
 @web.stream_request_body
 class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
     """Auth is the gateway token (`Authorization: token|Bearer <t>` or `?token=`), never a
-    cookie, so there is no cross-site request to forge and the XSRF check is off."""
+    cookie, so there is no cross-site request to forge and the XSRF check is off.
+
+    Everything that can refuse a request without its body (host, size, token, the face's own
+    `admit` checks, the gateway-wide body budget) runs in `prepare`, before tornado reads a byte
+    of the body; only then is the body streamed in, within its reservation."""
 
     requires_token = True
 
     def initialize(self, name: str | None = None, *args, **kwargs) -> None:
         super().initialize(name, *args, **kwargs)
         self._body = bytearray()
-        self._too_large = False
+        self._declared: int | None = 0
+        self._reserved = 0
+        self._dropping = False  # refused: body bytes are dropped, never kept
+        self._close_connection = False
 
     @property
     def gateway(self):
@@ -84,12 +96,20 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
         # authenticate by token (or, on the Router, by session id), and that machinery costs
         # on every call. Its Host check (against DNS rebinding) is kept.
         self.current_user = self._jupyter_current_user = None
-        if not self.check_host():
-            raise web.HTTPError(403)
-        await self.gateway.ensure_started()
-        length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.gateway.max_body_bytes:
-            raise self.too_large()
+        try:
+            if not self.check_host():
+                raise web.HTTPError(403)
+            await self.gateway.ensure_started()
+            self._declare_length()
+            await self.admit()
+            if self._declared and not self.gateway.body_budget.reserve(self._declared):
+                raise self.too_busy()
+            self._reserved = self._declared or 0
+        except Exception as exc:
+            self._refuse(exc)
+
+    async def admit(self) -> None:
+        """Checks that need no body, run before it is read. Default: the gateway token."""
         if self.requires_token and not self.token_ok():
             raise GatewayError(401, "UNAUTHORIZED", "a valid gateway token is required: send "
                                "'Authorization: token <token>' (or Bearer), or ?token=<token>")
@@ -101,24 +121,81 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
         given = self.identity_provider.get_token(self) or ""
         return hmac.compare_digest(given.encode(), expected.encode())
 
+    def _declare_length(self) -> None:
+        """Note the body's declared length (0 without a body; None when unsized, i.e. chunked)
+        and refuse one above the limit."""
+        if "Transfer-Encoding" in self.request.headers:
+            self._declared = None
+            return
+        length = self.request.headers.get("Content-Length", "0").strip() or "0"
+        if not length.isdigit():
+            self._declared = None
+            raise GatewayError(400, "BAD_REQUEST", "Content-Length must be a number of bytes")
+        self._declared = int(length)
+        if self._declared > self.gateway.max_body_bytes:
+            raise self.too_large()
+
     def too_large(self) -> GatewayError:
         return GatewayError(413, "BODY_TOO_LARGE", f"the request body is larger than "
-                            f"{self.gateway.max_body_bytes} bytes")
+                            f"{self.gateway.max_body_bytes} bytes; send a smaller one (split large "
+                            "files, or compress them)")
+
+    def too_busy(self) -> GatewayError:
+        return GatewayError(503, "SERVER_BUSY", "too many request bodies are in flight on this gateway; "
+                            "retry shortly", {"Retry-After": "2"})
+
+    def _refuse(self, exc: Exception) -> None:
+        """Refuse before the body is read. An empty or small body is drained and dropped and the
+        answer comes after it, so a keep-alive connection stays usable; a large or unsized body
+        is never read: the answer goes now, says `Connection: close`, and the connection ends."""
+        self._dropping = True
+        if self._declared is None or self._declared > DRAIN_LIMIT:
+            self._close_connection = True
+            raise exc
+
+        def answer(*args, **kwargs):
+            raise exc
+        setattr(self, self.request.method.lower(), answer)  # tornado calls it once the body is in
+
+    def _refuse_midway(self, error: GatewayError) -> None:
+        """Refuse while the body streams in: drop it, answer now and close the connection."""
+        self._dropping = self._close_connection = True
+        self._release()
+        setattr(self, self.request.method.lower(), lambda *args, **kwargs: None)
+        self.send_error(error.status_code, exc_info=(type(error), error, None))
 
     def data_received(self, chunk: bytes) -> None:
-        if self._too_large:
+        if self._dropping or self._finished:
             return
         if len(self._body) + len(chunk) > self.gateway.max_body_bytes:
-            self._too_large = True
-            self._body = bytearray()
+            self._refuse_midway(self.too_large())
             return
+        if self._declared is None:  # unsized: reserve as it comes
+            if not self.gateway.body_budget.reserve(len(chunk)):
+                self._refuse_midway(self.too_busy())
+                return
+            self._reserved += len(chunk)
         self._body += chunk
 
+    def _release(self) -> None:
+        """Give the body's memory and its reservation back (once the request is over)."""
+        if self._reserved:
+            self.gateway.body_budget.release(self._reserved)
+            self._reserved = 0
+        self._body = bytearray()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self._release()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._release()
+
     @property
-    def body(self) -> bytes:
-        if self._too_large:
-            raise self.too_large()
-        return bytes(self._body)
+    def body(self) -> bytearray:
+        """The request body (not a copy: read it, do not keep it past the request)."""
+        return self._body
 
     def json_body(self, required: bool = True) -> dict:
         raw = self.body
@@ -130,6 +207,8 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
             value = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GatewayError(400, "BAD_REQUEST", f"malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise GatewayError(400, "BAD_REQUEST", "malformed JSON body: nested too deeply") from None
         if not isinstance(value, dict):
             raise GatewayError(400, "BAD_REQUEST", f"the body must be a JSON object, not {type(value).__name__}")
         return value
@@ -167,6 +246,8 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if self._close_connection:
+            self.set_header("Connection", "close")
         if isinstance(exc, GatewayError):
             for name, value in exc.extra_headers.items():
                 self.set_header(name, value)

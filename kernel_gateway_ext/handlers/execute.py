@@ -2,13 +2,17 @@
 
 Python runs in the session's live kernel, so state persists between calls; `bash` runs as one
 command in the sandbox. Without a `session_id` a session is created and kept, so the next call
-can reuse it (the idle timeout applies).
+can reuse it (the idle timeout applies). Bodies with fields the API does not know are refused,
+so a misspelt `sesion_id` is an error rather than a silently new session. The accepted fields
+are the ones `openapi.json` documents (a test holds them equal).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import time
 from urllib.parse import quote
 
@@ -19,6 +23,42 @@ from .base import GatewayError, GatewayHandler
 NDJSON = "application/x-ndjson"
 LANGUAGES = ("python", "bash")
 SESSION_HEADER = "X-Session-Id"
+SESSION_FIELDS = ("template", "timeout")
+EXECUTE_FIELDS = ("code", "language", "session_id", "template", "timeout", "env", "ansi")
+# CSI sequences (colours, cursor moves) and OSC sequences (titles, links), as IPython emits them.
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def _only_known_fields(body: dict, accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(accepted))
+    if unknown:
+        raise GatewayError(400, "BAD_REQUEST", f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                           f"accepted fields: {', '.join(accepted)}")
+
+
+def _not_agent_runtime(template) -> None:
+    """Agent runtimes run the user's agent, not code: they are reached through the Router."""
+    if template.kind == "agent-runtime":
+        raise GatewayError(400, "WRONG_API", f"template {template.name!r} is an agent runtime, which runs "
+                           "an agent rather than code: call it through the Router at "
+                           f"/v1/namespaces/<namespace>/agent-runtimes/{template.name}/invocations/<path>")
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_ESCAPE.sub("", text)
+
+
+def _plain_error(error: dict | None) -> dict | None:
+    """An error (name, value, traceback) without ANSI escape sequences."""
+    if not error:
+        return error
+    plain = dict(error)
+    for key in ("name", "value"):
+        if isinstance(plain.get(key), str):
+            plain[key] = strip_ansi(plain[key])
+    if isinstance(plain.get("traceback"), list):
+        plain["traceback"] = [strip_ansi(line) if isinstance(line, str) else line for line in plain["traceback"]]
+    return plain
 
 
 def _number(body: dict, key: str) -> float | None:
@@ -42,9 +82,11 @@ class SessionsHandler(GatewayHandler):
 
     async def post(self) -> None:
         body = self.json_body(required=False)
+        _only_known_fields(body, SESSION_FIELDS)
         template = body.get("template", "default")
         if not isinstance(template, str):
             raise GatewayError(400, "BAD_REQUEST", "'template' must be a string")
+        # How long the claim may wait for a sandbox when the template's pool is empty.
         timeout = _number(body, "timeout") or self.gateway.claim_timeout
         record = await self.sessions.create(template, timeout=timeout)
         self.set_header("Location", f"{self.base_url.rstrip('/')}/v1/sessions/{record.session_id}")
@@ -69,6 +111,7 @@ class SessionHandler(GatewayHandler):
 class ExecuteHandler(GatewayHandler):
     async def post(self) -> None:
         body = self.json_body()
+        _only_known_fields(body, EXECUTE_FIELDS)
         code = body.get("code")
         if not isinstance(code, str):
             raise GatewayError(400, "BAD_REQUEST", "'code' is required and must be a string")
@@ -77,23 +120,30 @@ class ExecuteHandler(GatewayHandler):
             raise GatewayError(400, "BAD_REQUEST", f"'language' must be one of {LANGUAGES}, not {language!r}")
         timeout = _number(body, "timeout") or self.gateway.execute_timeout
         env = _string_map(body, "env")
+        ansi = body.get("ansi", True)
+        if not isinstance(ansi, bool):
+            raise GatewayError(400, "BAD_REQUEST", "'ansi' must be true or false")
         session_id = body.get("session_id")
         if session_id is not None and not isinstance(session_id, str):
             raise GatewayError(400, "BAD_REQUEST", "'session_id' must be a string")
         if not session_id:
             template = body.get("template", "default")
+            if not isinstance(template, str):
+                raise GatewayError(400, "BAD_REQUEST", "'template' must be a string")
+            _not_agent_runtime(self.sessions.template(template))
             session_id = (await self.sessions.create(template, timeout=self.gateway.claim_timeout)).session_id
         self.set_header(SESSION_HEADER, session_id)
         stream = NDJSON in self.request.headers.get("Accept", "")
         started = time.perf_counter()
         async with self.sessions.use(session_id) as session:
+            _not_agent_runtime(self.sessions.template(session.record.template))
             if language == "python":
-                await self._python(session, code, timeout, env, stream)
+                await self._python(session, code, timeout, env, stream, ansi)
             else:
                 await self._bash(session, code, timeout, env, stream)
         self.gateway.metrics.execute_seconds.labels("execute", language).observe(time.perf_counter() - started)
 
-    async def _python(self, session, code: str, timeout: float, env: dict, stream: bool) -> None:
+    async def _python(self, session, code: str, timeout: float, env: dict, stream: bool, ansi: bool) -> None:
         payload = json.dumps({"code": code, "timeout": timeout, "env": env}).encode()
         headers = {"Content-Type": "application/json", "Accept": NDJSON if stream else "application/json"}
         response = await session.client.request("POST", "/api/run", token=session.token, headers=headers,
@@ -103,6 +153,11 @@ class ExecuteHandler(GatewayHandler):
                 raise _picod_error(response.status, await response.read())
             if not stream:
                 raw = await response.read()
+                if not ansi:
+                    execution = json.loads(raw)
+                    execution["error"] = _plain_error(execution.get("error"))
+                    self.write_json({"session_id": session.record.session_id, **execution})
+                    return
                 # Splice the session id into PicoD's JSON object rather than decode and re-encode it.
                 self.set_header("Content-Type", "application/json")
                 self.finish(b'{"session_id": ' + json.dumps(session.record.session_id).encode() + b", " + raw[1:])
@@ -113,6 +168,8 @@ class ExecuteHandler(GatewayHandler):
                 event = json.loads(line)
                 if event.get("type") == "start":
                     event["session_id"] = session.record.session_id
+                elif event.get("type") == "error" and not ansi:
+                    event = _plain_error(event)
                 self.write(json.dumps(event) + "\n")
                 await self.flush()
         self.finish()
@@ -159,6 +216,8 @@ def _picod_error(status: int, raw: bytes) -> GatewayError:
                             {"Retry-After": "2"})
     if status == 404:
         return GatewayError(404, "FILE_NOT_FOUND", message or "not found")
+    if status == 413:  # a file at the limit, once wrapped in its upload form
+        return GatewayError(413, "BODY_TOO_LARGE", f"the sandbox refused the upload as too large: {message}")
     if 400 <= status < 500:
         return GatewayError(400, "BAD_REQUEST", message)
     return GatewayError(502, "SANDBOX_ERROR", f"the sandbox answered {status}: {message}")
@@ -168,11 +227,14 @@ class FileHandler(GatewayHandler):
     """PUT writes raw bytes to a path in the session's workspace; GET streams it back."""
 
     async def put(self, session_id: str, path: str) -> None:
-        data = self.body
+        # A file object, which aiohttp sends in chunks; the buffer is dropped, so one copy lives.
+        data = io.BytesIO(bytes(self.body))
+        self.body.clear()
         form = aiohttp.FormData()
         form.add_field("path", path)
         form.add_field("file", data, filename="upload", content_type="application/octet-stream")
         async with self.sessions.use(session_id) as session:
+            _not_agent_runtime(self.sessions.template(session.record.template))
             response = await session.client.request("POST", "/api/files", token=session.token, data=form,
                                                     timeout=120)
             async with response:
@@ -183,6 +245,7 @@ class FileHandler(GatewayHandler):
 
     async def get(self, session_id: str, path: str) -> None:
         async with self.sessions.use(session_id) as session:
+            _not_agent_runtime(self.sessions.template(session.record.template))
             response = await session.client.request("GET", f"/api/files/{quote(path)}", token=session.token,
                                                     timeout=300)
             async with response:

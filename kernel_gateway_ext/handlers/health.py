@@ -38,7 +38,11 @@ class ReadyHandler(GatewayHandler):
 class MetricsHandler(GatewayHandler):
     requires_token = False
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:
+            await self.gateway.metrics.count_sessions(self.gateway.store, self.gateway.pools)
+        except StoreUnavailable as exc:  # the other metrics still matter most during an outage
+            self.log.warning("metrics: could not count sessions: %s", exc)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.gateway.metrics.registry))
 

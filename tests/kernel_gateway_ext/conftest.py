@@ -12,10 +12,10 @@ import time
 import pytest
 
 from kernel_gateway_ext.providers.local import _descendants
+from tests.support.gateway import REPO, SANDBOX_PYTHON, TOKEN
+from tests.support.rawhttp import Connection
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SANDBOX_PYTHON = os.path.join(REPO, ".sandbox-venv", "bin", "python")
-TOKEN = "test-token-0123456789"
+__all__ = ["REPO", "SANDBOX_PYTHON", "TOKEN"]
 
 
 def sandbox_processes(root: str) -> list[int]:
@@ -124,3 +124,22 @@ def describe(pids: list[int]) -> list[str]:
         except OSError:
             out.append(f"{pid}: (gone)")
     return out
+
+
+ROUTER = "/v1/namespaces/default/code-interpreters/default/invocations"
+
+
+async def new_session(fetch) -> str:
+    return body(await fetch("v1", "sessions", method="POST", body="{}"))["session_id"]
+
+
+@pytest.fixture
+def connect(jp_http_port):
+    opened: list[Connection] = []
+
+    async def open_one() -> Connection:
+        opened.append(await Connection.open(jp_http_port))
+        return opened[-1]
+    yield open_one
+    for connection in opened:
+        connection.close()

@@ -130,7 +130,7 @@ async def test_workload_manager_delete_unknown(jp_fetch, gateway):
 
 
 async def test_concurrency_limit_answers_429(jp_fetch, gateway):
-    gateway.max_concurrent_requests = 0
+    gateway.router_limiter.limit = 0
     response = await jp_fetch("v1", "namespaces", "default", "code-interpreters", "default", "invocations",
                               "api", "execute", method="POST", body="{}", raise_error=False,
                               headers={"x-agentcube-session-id": "any"})
@@ -155,6 +155,13 @@ async def test_agent_runtime_through_the_router(agent_template, jp_fetch, gatewa
     again = await jp_fetch("v1", "namespaces", "default", "agent-runtimes", "files-agent", "invocations",
                            "index.html", headers={"x-agentcube-session-id": session_id})
     assert again.body == b"agent-here\n" and again.headers["x-agentcube-session-id"] == session_id
+    # Agent runtimes run an agent, not code: the execute API and its files point to the Router.
+    for payload in ({"code": "1", "template": "files-agent"}, {"code": "1", "session_id": session_id}):
+        refused = await jp_fetch("v1", "execute", method="POST", body=json.dumps(payload), raise_error=False)
+        assert refused.code == 400 and body(refused)["code"] == "WRONG_API"
+        assert "/v1/namespaces/<namespace>/agent-runtimes/files-agent/invocations/" in body(refused)["error"]
+    files = await jp_fetch("v1", "sessions", session_id, "files", "index.html", raise_error=False)
+    assert files.code == 400 and body(files)["code"] == "WRONG_API"
     # A code-interpreter name is not an agent runtime.
     wrong = await jp_fetch("v1", "namespaces", "default", "agent-runtimes", "default", "invocations", "",
                            raise_error=False)

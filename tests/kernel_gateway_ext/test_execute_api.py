@@ -107,12 +107,48 @@ async def test_files_round_trip(jp_fetch, gateway):
     ({"code": "1", "env": {"A": 1}}, 400, "'env' must be"),
     ({"code": "1", "session_id": "no-such-session"}, 404, "not found"),
     ({"code": "1", "template": "no-such-template"}, 404, "template 'no-such-template' not found"),
+    ({"code": "1", "sesion_id": "x"}, 400, "unknown field(s) 'sesion_id'; accepted fields: code, language, "
+                                           "session_id, template, timeout, env, ansi"),
+    ({"code": "1", "ansi": "no"}, 400, "'ansi' must be true or false"),
 ])
 async def test_refusals(jp_fetch, gateway, payload, status, wording):
     raw = payload if isinstance(payload, str) else json.dumps(payload)
     response = await jp_fetch("v1", "execute", method="POST", body=raw, raise_error=False)
     assert response.code == status
     assert wording in body(response)["error"]
+
+
+async def test_unknown_session_fields_are_refused(jp_fetch, gateway):
+    response = await jp_fetch("v1", "sessions", method="POST", body=json.dumps({"templte": "default"}),
+                              raise_error=False)
+    assert response.code == 400
+    assert body(response)["error"] == "unknown field(s) 'templte'; accepted fields: template, timeout"
+
+
+async def test_ansi_false_strips_escape_sequences(jp_fetch, gateway):
+    coloured = body(await execute(jp_fetch, code="1/0"))
+    assert any("\x1b[" in line for line in coloured["error"]["traceback"]), "the kernel no longer colours"
+    session_id = coloured["session_id"]
+    plain = body(await execute(jp_fetch, code="1/0", session_id=session_id, ansi=False))
+    assert plain["status"] == "error" and plain["error"]["name"] == "ZeroDivisionError"
+    assert plain["error"]["traceback"] and not any("\x1b" in line for line in plain["error"]["traceback"])
+    assert "ZeroDivisionError" in plain["error"]["traceback"][-1]
+    streamed = await jp_fetch("v1", "execute", method="POST", headers={"Accept": "application/x-ndjson"},
+                              body=json.dumps({"code": "1/0", "session_id": session_id, "ansi": False}))
+    errors = [e for e in map(json.loads, streamed.body.decode().splitlines()) if e["type"] == "error"]
+    assert errors and not any("\x1b" in line for line in errors[0]["traceback"])
+
+
+async def test_active_sessions_gauge(jp_fetch, gateway):
+    async def active() -> float:
+        text = (await jp_fetch("metrics")).body.decode()
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith('kernelcube_sessions_active{template="default"}')))
+    assert await active() == 0
+    session_id = body(await jp_fetch("v1", "sessions", method="POST", body="{}"))["session_id"]
+    assert await active() == 1
+    await jp_fetch("v1", "sessions", session_id, method="DELETE")
+    assert await active() == 0
 
 
 async def test_oversized_body_is_413(jp_fetch, gateway):

@@ -7,34 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 
 import pytest
 import requests
 
 from kernel_gateway_ext.providers.local import sandboxes_root
-from tests.support.processes import ServerProcess
+from tests.support.gateway import HEADERS, Gateway
 from tests.support.redis import RedisServer, free_port
 
-from .conftest import SANDBOX_PYTHON, TOKEN, picod_pid, sandbox_processes, wait_gone
+from .conftest import picod_pid, sandbox_processes, wait_gone
 
 pytestmark = pytest.mark.slow
-HEADERS = {"Authorization": f"token {TOKEN}"}
-
-
-class Gateway(ServerProcess):
-    def __init__(self, state_dir: str, redis_url: str, port: int):
-        """`redis_url` empty: the in-memory store."""
-        argv = [os.path.join(os.path.dirname(sys.executable), "kernelcube"), "--ip", "127.0.0.1", "--port", str(port), "--token", TOKEN,
-                "--redis-url", redis_url, "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON,
-                "--pool-size", "1"]
-        super().__init__(argv, dict(os.environ), ready_path="/health/ready",
-                         url_pattern=r"KernelCube gateway at http://(\S+):(\d+)")
-
-    def execute(self, code: str, session_id: str | None = None) -> requests.Response:
-        payload = {"code": code, **({"session_id": session_id} if session_id else {})}
-        return requests.post(self.url + "/v1/execute", json=payload, headers=HEADERS, timeout=60)
 
 
 @pytest.fixture
@@ -45,7 +29,7 @@ def redis_server(tmp_path):
 
 def test_sessions_survive_a_restart_and_redis_outages(tmp_path, redis_server):
     state_dir, port = str(tmp_path / "state"), free_port()
-    first = Gateway(state_dir, redis_server.url, port)
+    first = Gateway(state_dir, port, redis_url=redis_server.url)
     try:
         kept = first.execute("answer = 42").json()["session_id"]
         lost = first.execute("doomed = True").json()["session_id"]
@@ -57,7 +41,7 @@ def test_sessions_survive_a_restart_and_redis_outages(tmp_path, redis_server):
     lost_dir = os.path.join(sandboxes_root(state_dir), _sandbox_of(redis_server, lost))
     _kill_picod(lost_dir)
 
-    second = Gateway(state_dir, redis_server.url, port)
+    second = Gateway(state_dir, port, redis_url=redis_server.url)
     try:
         assert "re-adopted 1 session(s)" in second.log
         answer = second.execute("answer", kept).json()
@@ -101,7 +85,7 @@ def test_a_double_interrupt_still_leaves_nothing_running(tmp_path):
     """Two SIGTERMs in a row (a double Ctrl-C): with the in-memory store no sandbox, claimed
     or warm, may outlive the gateway."""
     state_dir = str(tmp_path / "state")
-    gateway = Gateway(state_dir, "", free_port())
+    gateway = Gateway(state_dir, free_port())
     try:
         assert gateway.execute("1+1").status_code == 200
         gateway.proc.send_signal(signal.SIGTERM)
@@ -119,7 +103,7 @@ def test_sigkill_of_an_ephemeral_gateway_takes_its_sandboxes_along(tmp_path):
     state directory sweeps what was left on disk (directories, cgroups)."""
     state_dir = str(tmp_path / "state")
     root = sandboxes_root(state_dir)
-    gateway = Gateway(state_dir, "", free_port())
+    gateway = Gateway(state_dir, free_port())
     try:
         assert gateway.execute("1+1").status_code == 200
         assert sandbox_processes(root)
@@ -130,7 +114,7 @@ def test_sigkill_of_an_ephemeral_gateway_takes_its_sandboxes_along(tmp_path):
         gateway.stop()
     assert not wait_gone(root), "a sandbox outlived the killed gateway"
 
-    successor = Gateway(state_dir, "", free_port())
+    successor = Gateway(state_dir, free_port())
     try:
         if cgroups_parent:
             deadline = time.monotonic() + 10

@@ -1,0 +1,3 @@
+from my_agent import main
+
+main()
