@@ -9,6 +9,7 @@ are the ones `openapi.json` documents (a test holds them equal).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -138,10 +139,34 @@ class ExecuteHandler(GatewayHandler):
         async with self.sessions.use(session_id) as session:
             _not_agent_runtime(self.sessions.template(session.record.template))
             if language == "python":
-                await self._python(session, code, timeout, env, stream, ansi)
+                work = self._python(session, code, timeout, env, stream, ansi)
             else:
-                await self._bash(session, code, timeout, env, stream)
+                work = self._bash(session, code, timeout, env, stream)
+            self._running = (session, language, asyncio.ensure_future(work))
+            try:
+                await self._running[2]
+            except asyncio.CancelledError:
+                if not self._client_gone:
+                    raise
+                return  # the client left; its command was killed (see on_connection_close)
+            finally:
+                self._running = None
         self.gateway.metrics.execute_seconds.labels("execute", language).observe(time.perf_counter() - started)
+
+    _running = None  # (session, language, task) while an execution runs
+    _client_gone = False
+
+    def on_connection_close(self) -> None:
+        """A client that disconnects stops its execution: the kernel is interrupted (its state
+        is kept), a command is killed (PicoD kills it when the relayed request goes away)."""
+        self._client_gone = True
+        if self._running is None:
+            return
+        session, language, task = self._running
+        if language == "python":
+            asyncio.ensure_future(_interrupt_quietly(session, self.log))
+        else:
+            task.cancel()
 
     async def _python(self, session, code: str, timeout: float, env: dict, stream: bool, ansi: bool) -> None:
         payload = json.dumps({"code": code, "timeout": timeout, "env": env}).encode()
@@ -260,8 +285,31 @@ class FileHandler(GatewayHandler):
         self.finish()
 
 
+class InterruptHandler(GatewayHandler):
+    """`POST /v1/sessions/{id}/interrupt`: interrupt what the session's kernel runs (KeyboardInterrupt;
+    the variables stay). 204; the running execution answers with its error."""
+
+    async def post(self, session_id: str) -> None:
+        async with self.sessions.use(session_id) as session:
+            _not_agent_runtime(self.sessions.template(session.record.template))
+            status, answer = await session.client.call_json("POST", "/api/kernel/interrupt", None,
+                                                            token=session.token, timeout=30)
+        if status != 200:
+            raise _picod_error(status, json.dumps(answer).encode())
+        self.set_status(204)
+        self.finish()
+
+
+async def _interrupt_quietly(session, log) -> None:
+    try:
+        await session.client.call_json("POST", "/api/kernel/interrupt", None, token=session.token, timeout=30)
+    except Exception as exc:  # the client is gone: there is nobody to tell
+        log.info("could not interrupt session %s after its client left: %s", session.record.session_id, exc)
+
+
 default_handlers = [
     (r"/v1/sessions", SessionsHandler),
+    (r"/v1/sessions/([^/]+)/interrupt", InterruptHandler),
     (r"/v1/sessions/([^/]+)", SessionHandler),
     (r"/v1/sessions/([^/]+)/files/(.+)", FileHandler),
     (r"/v1/execute", ExecuteHandler),

@@ -4,7 +4,9 @@ rich results, bash, NDJSON streaming, files, and every refusal with its status a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -227,3 +229,41 @@ async def test_pip_installs_into_the_workspace_and_failures_are_errors(jp_fetch,
     assert installed["results"][-1]["text/plain"] == "(42, '/workspace/.packages')"
     failed = body(await execute(jp_fetch, session_id=session, code="%pip install --no-index no-such-package-kc"))
     assert failed["status"] == "error" and "pip exited with status 1" in failed["error"]["value"]
+
+
+async def test_interrupt_endpoint_stops_the_running_code_and_keeps_state(jp_fetch, gateway):
+    session = body(await execute(jp_fetch, code="kept = 'yes'"))["session_id"]
+    running = asyncio.ensure_future(execute(jp_fetch, session_id=session, code="while True: pass"))
+    deadline = time.monotonic() + 30
+    while True:  # interrupt once the loop runs: a SIGINT to an idle kernel would be lost
+        await asyncio.sleep(0.3)
+        interrupted = await jp_fetch("v1", "sessions", session, "interrupt", method="POST", body=b"")
+        assert interrupted.code == 204
+        if running.done() or time.monotonic() > deadline:
+            break
+        try:
+            await asyncio.wait_for(asyncio.shield(running), 1.0)
+        except asyncio.TimeoutError:
+            continue
+    result = body(await running)
+    assert result["status"] == "error" and result["error"]["name"] == "KeyboardInterrupt"
+    assert body(await execute(jp_fetch, session_id=session, code="kept"))["results"][0]["text/plain"] == "'yes'"
+    unknown = await jp_fetch("v1", "sessions", "no-such-session", "interrupt", method="POST", body=b"",
+                             raise_error=False)
+    assert unknown.code == 404
+
+
+async def test_a_client_that_leaves_stops_its_execution(jp_fetch, gateway):
+    session = body(await execute(jp_fetch, code="count = 0"))["session_id"]
+    for language, code in (("python", "import time\nwhile True:\n    count += 1\n    time.sleep(0.01)"),
+                           ("bash", "sleep 30; echo finished >> leftover.txt")):
+        with pytest.raises(HTTPClientError):  # the client gives up and closes its connection
+            await jp_fetch("v1", "execute", method="POST", request_timeout=2,
+                           body=json.dumps({"code": code, "language": language, "session_id": session}))
+    started = time.monotonic()
+    after = body(await execute(jp_fetch, session_id=session, code="count > 0", timeout=20))
+    assert after["results"][0]["text/plain"] == "True"  # interrupted, not restarted: state kept
+    assert time.monotonic() - started < 10  # the kernel was free at once, not after the loop
+    ps = body(await execute(jp_fetch, session_id=session, language="bash",
+                            code="ps -eo args | grep -c '^sleep 30' || true"))
+    assert ps["stdout"].strip() == "0"
