@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -70,6 +71,27 @@ class Cgroups:
             self.remove(sandbox_id)
             raise
         return [os.path.join(path, "cgroup.procs") for path in self.paths(sandbox_id)]
+
+    def kill(self, sandbox_id: str) -> None:
+        """SIGKILL every process in the sandbox's cgroups: whatever user code forked, detached or
+        hid, it cannot leave its cgroup (the sandbox does not even see the cgroup files)."""
+        for _ in range(10):  # a process forking while we read is caught on the next round
+            pids = set()
+            for path in self.paths(sandbox_id):
+                with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
+                    pids.update(int(pid) for pid in f.read().split())
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Remove the gateway's parent cgroups once no sandbox cgroup is left in them."""
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
     def remove(self, sandbox_id: str, timeout: float = 2.0) -> None:
         """rmdir the sandbox's cgroups once their killed processes have left them."""

@@ -252,6 +252,9 @@ class LocalProvider(SandboxProvider):
         for sandbox_id, (_, handle) in list(self._children.items()):
             if sandbox_id not in self._kept:
                 _kill_sandbox(sandbox_id, handle)
+                if self.cgroups is not None and handle.get("cgroups"):
+                    self.cgroups.kill(sandbox_id)
+                    self.cgroups.remove(sandbox_id)
                 if handle.get("dir"):
                     shutil.rmtree(handle["dir"], ignore_errors=True)
 
@@ -265,6 +268,7 @@ class LocalProvider(SandboxProvider):
         if child is not None:
             await _reap(child[0])
         if self.cgroups is not None and sandbox.handle.get("cgroups"):
+            await asyncio.to_thread(self.cgroups.kill, sandbox.id)
             await asyncio.to_thread(self.cgroups.remove, sandbox.id)
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
@@ -300,6 +304,8 @@ class LocalProvider(SandboxProvider):
         self._kill_unkept()
         self._children.clear()
         self.userns.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
         atexit.unregister(self._kill_unkept)
         with contextlib.suppress(OSError):
             os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
