@@ -90,6 +90,15 @@ def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_pa
     return argv
 
 
+def with_lifeline(fd: int | None, argv: list[str]) -> list[str]:
+    """Run argv (an agent: no PicoD to watch the lifeline) so that it is killed when the
+    lifeline's other end closes, and the sandbox ends when it exits."""
+    if fd is None:
+        return argv
+    script = f'"$@" & agent=$!; {{ read -r _ <&{fd}; kill -KILL $agent; }} & wait $agent'
+    return ["/bin/sh", "-c", script, "kernelcube-agent", *argv]
+
+
 def _ancestors(paths: list[str]) -> list[str]:
     """Every proper ancestor of the paths except /, parents first."""
     found: set[str] = set()

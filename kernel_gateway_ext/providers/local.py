@@ -169,26 +169,25 @@ class LocalProvider(SandboxProvider):
             else:
                 procs = []
             if mapped:
-                namespaces = (self.userns.setup_fd(), await asyncio.to_thread(self.userns.create))
+                inherited.append(await asyncio.to_thread(self.userns.create))
+                namespaces = (self.userns.setup_fd(), inherited[-1])
+            if self.die_with_gateway:
+                # The sandbox ends when this pipe's write end, held only by this gateway, closes:
+                # however the gateway dies, its sandboxes go with it.
+                lifeline, self._lifelines[sandbox_id] = os.pipe()
+                inherited.append(lifeline)
             if template.kind == "agent-runtime":
-                command, endpoint = await self._agent_argv(template, python, directory, env, namespaces)
+                command, endpoint = await self._agent_argv(template, python, directory, env, namespaces, lifeline)
             else:
-                if self.die_with_gateway:
-                    # PicoD exits when this pipe's write end, held only by this gateway, closes:
-                    # however the gateway dies, its sandboxes go with it.
-                    lifeline, self._lifelines[sandbox_id] = os.pipe()
-                    inherited.append(lifeline)
                 command = await self._picod_argv(template, python, directory, namespaces, lifeline)
                 endpoint = {"unix_socket": os.path.join(directory, "run", bwrap.SOCKET_NAME)}
             argv = self._isolation_argv(template, procs) + command
             log_path = os.path.join(directory, "sandbox.log")
             with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
-                # Popen forks and returns at exec, as asyncio's own spawn does on the loop. It runs on
-                # the loop's thread on purpose: bubblewrap's parent-death signal follows the thread
-                # that forked it, and this one lives as long as the gateway.
+                # Popen forks and returns at exec, as asyncio's own spawn does on the loop.
                 proc = subprocess.Popen(  # noqa: ASYNC220
                     argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                    start_new_session=True, cwd=directory, pass_fds=(*(namespaces or ()), *inherited))
+                    start_new_session=True, cwd=directory, pass_fds=tuple({*(namespaces or ()), *inherited}))
             handle["pid"] = proc.pid
             sandbox = Sandbox(sandbox_id, template.name, endpoint, handle)
             self._children[sandbox_id] = (proc, sandbox.handle)
@@ -202,14 +201,12 @@ class LocalProvider(SandboxProvider):
             await self.destroy(sandbox or Sandbox(sandbox_id, template.name, {}, handle))
             raise
         finally:
-            if namespaces is not None:
-                inherited.append(namespaces[1])
             for fd in inherited:
                 os.close(fd)
         return sandbox
 
     async def _agent_argv(self, template: Template, python: str, directory: str, env: dict[str, str],
-                          namespaces: tuple[int, int] | None) -> tuple[list[str], dict]:
+                          namespaces: tuple[int, int] | None, lifeline: int | None) -> tuple[list[str], dict]:
         """An agent runtime runs the template's command with PORT set. It shares the host's
         network, on a free loopback port, since the gateway must reach it over TCP; it runs as
         the sandbox's user, without PicoD and without capabilities."""
@@ -220,7 +217,7 @@ class LocalProvider(SandboxProvider):
             shared = dataclasses.replace(template, network=True)
             argv += await self._bwrap_prefix(shared, python, os.path.join(directory, "run"), namespaces,
                                              daemon=False)
-        return argv + list(template.command), {"url": f"http://127.0.0.1:{port}"}
+        return argv + bwrap.with_lifeline(lifeline, list(template.command)), {"url": f"http://127.0.0.1:{port}"}
 
     async def _wait_ready(self, sandbox: Sandbox, proc: subprocess.Popen, log_path: str) -> None:
         """Poll until the sandbox answers: PicoD's /health (kernel ready), or an agent's port."""
