@@ -373,5 +373,10 @@ class KernelBridge:
         self.ready.clear()
         self._notify()
         self._fail_inflight()
-        await self._km.restart_kernel(now=True)
-        await self._wait_ready()
+        try:
+            await self._km.restart_kernel(now=True)
+            await self._wait_ready()
+        except Exception as exc:
+            # "dead": the watcher keeps trying (and gives up, "failed", after a few attempts).
+            self.state = "dead"
+            raise KernelUnavailable(f"the kernel could not be restarted: {exc}") from exc

@@ -229,3 +229,35 @@ async def test_no_host_paths_in_answers(jp_fetch, gateway):
     assert gateway.provider.root not in text and "/run/" not in text
     inside = await run(jp_fetch, "import os; (os.getcwd(), os.environ.get('HOME'))")
     assert inside["results"][0]["text/plain"] == "('/workspace', '/workspace')"
+
+
+async def test_modules_planted_in_the_workspace_never_run_as_picod(jp_fetch, gateway):
+    """User code plants modules named like ones PicoD may import late, in the workspace (PicoD's
+    working directory) and in the package directory (on the kernel's path); then PicoD serves
+    files, commands and a kernel restart. None of them may run as PicoD."""
+    names = ["mimetypes", "uuid", "email", "tarfile", "zipfile", "shutil", "secrets", "hmac", "tempfile",
+             "asyncio_ext", "tornado", "jwt", "zmq", "jupyter_client"]
+    plant = ("import os\n"
+             f"for name in {names!r}:\n"
+             "    for where in ('/workspace', '/workspace/.packages'):\n"
+             "        with open(f'{where}/{name}.py', 'w') as f:\n"
+             "            f.write('import os\\n'\n"
+             "                    'if os.getuid() != 1000:\\n'\n"
+             "                    f'    open(\"/workspace/ran-as-{{os.getuid()}}-{name}\", \"w\").close()\\n')\n"
+             "'planted'")
+    session = (await run(jp_fetch, plant))["session_id"]
+    put = await jp_fetch("v1", "sessions", session, "files", "data.txt", method="PUT", body=b"payload")
+    assert put.code == 201
+    got = await jp_fetch("v1", "sessions", session, "files", "data.txt")
+    assert got.body == b"payload"
+    await run(jp_fetch, "ls -la; true", session, "bash")
+    sandbox = await sandbox_of(gateway, session)
+    client = gateway.sessions._client(await gateway.store.get(session))
+    # The user's own kernel may well choke on the planted modules (503, kernel not restarted);
+    # what matters is what ran as PicoD.
+    restarted = await client.call_json("POST", "/api/kernel/restart", None,
+                                       token=gateway.identity.token(session, sandbox["id"]), timeout=60)
+    assert restarted[0] in (200, 503), restarted
+    await run(jp_fetch, "rm -f /workspace/*.py /workspace/.packages/*.py", session, "bash")
+    leftovers = await run(jp_fetch, "import glob; sorted(glob.glob('/workspace/ran-as-*'))", session)
+    assert leftovers["results"][0]["text/plain"] == "[]"
