@@ -99,11 +99,11 @@ class KernelBridge:
     def _make_manager(self) -> AsyncKernelManager:
         spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
         os.makedirs(spec_dir)
-        # History in memory: `In`, `Out` and %history work, but kernels never share (or lock) a
-        # history database on disk, and nothing is left behind in the workspace or HOME.
         startup = os.path.join(self._runtime_dir, "startup.py")
         with open(startup, "w") as f:
             f.write(KERNEL_STARTUP)
+        # History in memory: `In`, `Out` and %history work, but kernels never share (or lock) a
+        # history database on disk, and nothing is left behind in the workspace or HOME.
         argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                 "--HistoryManager.hist_file=:memory:", f"--IPKernelApp.exec_files={startup}"]
         with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
