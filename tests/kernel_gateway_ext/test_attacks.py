@@ -261,3 +261,11 @@ async def test_modules_planted_in_the_workspace_never_run_as_picod(jp_fetch, gat
     await run(jp_fetch, "rm -f /workspace/*.py /workspace/.packages/*.py", session, "bash")
     leftovers = await run(jp_fetch, "import glob; sorted(glob.glob('/workspace/ran-as-*'))", session)
     assert leftovers["results"][0]["text/plain"] == "[]"
+
+
+async def test_an_output_flood_is_capped_before_the_gateway(jp_fetch, gateway):
+    """48 MiB of print: the answer carries 32 MiB and says how much was dropped."""
+    flood = await run(jp_fetch, "import sys\nfor _ in range(48):\n    sys.stdout.write('x' * 2**20)")
+    assert len(flood["stdout"]) == 32 * 2**20
+    assert f"stdout truncated: {16 * 2**20} bytes beyond the {32 * 2**20}-byte cap" in flood["stderr"]
+    await still_fine(jp_fetch, flood["session_id"])
