@@ -269,3 +269,15 @@ async def test_an_output_flood_is_capped_before_the_gateway(jp_fetch, gateway):
     assert len(flood["stdout"]) == 32 * 2**20
     assert f"stdout truncated: {16 * 2**20} bytes beyond the {32 * 2**20}-byte cap" in flood["stderr"]
     await still_fine(jp_fetch, flood["session_id"])
+
+
+async def test_kernel_keyrings_are_not_shared_between_sessions(jp_fetch, gateway):
+    """The kernel's user keyring is per user namespace: a key one session stores is not there
+    for the next (same ids inside, different sandboxes)."""
+    syscall = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+               "found = libc.syscall({call}, b'user', b'kc-secret', {payload}, {size}, {ring})\n"
+               "(found > 0, ctypes.get_errno())")
+    stored = await run(jp_fetch, syscall.format(call=248, payload="b'hello'", size=5, ring=-4))  # add_key
+    assert stored["results"][0]["text/plain"] == "(True, 0)"
+    searched = await run(jp_fetch, syscall.format(call=249, payload="None", size=0, ring=0))  # request_key
+    assert searched["results"][0]["text/plain"] == "(False, 126)"  # ENOKEY
