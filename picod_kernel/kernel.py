@@ -169,12 +169,14 @@ class KernelBridge:
         log.info("kernel ready (pid namespace-local pid %s)", self._km.provisioner.pid if self._km.provisioner else "?")
         self._notify()
 
-    async def _kernel_info_on_both_channels(self, wait: float = 1.0) -> bool:
+    async def _kernel_info_on_both_channels(self, wait: float = 1.0, after_reply: float = 0.05) -> bool:
+        """One kernel_info round. Once the reply is in, its iopub status is due within
+        milliseconds if our subscription is live; when it is not, ask again soon."""
         replied = published = False
         with self._replies(self._client.kernel_info()) as queue:
             try:
                 while not (replied and published):
-                    msg = await asyncio.wait_for(queue.get(), wait)
+                    msg = await asyncio.wait_for(queue.get(), after_reply if replied else wait)
                     if isinstance(msg, Dead):
                         return False
                     kind = msg["header"]["msg_type"]
