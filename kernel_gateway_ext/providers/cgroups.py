@@ -46,8 +46,18 @@ class Cgroups:
     def paths(self, sandbox_id: str) -> list[str]:
         return [os.path.join(parent, sandbox_id) for parent in self.parents.values()]
 
+    def _ensure_parents(self) -> None:
+        """The gateway's own groups exist only while it has sandboxes (see `close`)."""
+        for parent in self.parents.values():
+            os.makedirs(parent, exist_ok=True)
+        if self.version == 2:
+            # A v2 group may hand controllers to its children only if it holds no processes
+            # itself; ours never does.
+            _write(self.parents["unified"], "cgroup.subtree_control", "+memory +pids +cpu")
+
     def create(self, sandbox_id: str, limits: Limits) -> list[str]:
         """Make the sandbox's cgroups with their limits; returns the cgroup.procs files to join."""
+        self._ensure_parents()
         try:
             if self.version == 2:
                 path = os.path.join(self.parents["unified"], sandbox_id)
@@ -120,12 +130,15 @@ def detect(group_name: str) -> Cgroups | None:
     own = _own_cgroups()
     try:
         if os.path.exists(os.path.join(ROOT, "cgroup.controllers")):
-            return _prepare_v2(os.path.join(ROOT, own.get("", "/").lstrip("/")), group_name)
-        parents = {}
-        for controller in V1_CONTROLLERS:
-            base = os.path.join(ROOT, controller, own.get(controller, "/").lstrip("/"))
-            parents[controller] = _make_parent(base, group_name)
-        return Cgroups(1, parents)
+            cgroups = _prepare_v2(os.path.join(ROOT, own.get("", "/").lstrip("/")), group_name)
+        else:
+            parents = {}
+            for controller in V1_CONTROLLERS:
+                base = os.path.join(ROOT, controller, own.get(controller, "/").lstrip("/"))
+                parents[controller] = _make_parent(base, group_name)
+            cgroups = Cgroups(1, parents)
+        cgroups.close()  # proven writable; made again with the first sandbox
+        return cgroups
     except OSError as exc:
         log.debug("no writable cgroups: %s", exc)
         return None
@@ -137,11 +150,9 @@ def _prepare_v2(base: str, group_name: str) -> Cgroups:
     missing = {"memory", "pids", "cpu"} - available
     if missing:
         raise OSError(f"cgroup v2 controllers {sorted(missing)} are not available in {base}")
-    parent = _make_parent(base, group_name)
-    # A v2 group may hand controllers to its children only if it holds no processes itself;
-    # ours never does.
-    _write(parent, "cgroup.subtree_control", "+memory +pids +cpu")
-    return Cgroups(2, {"unified": parent})
+    cgroups = Cgroups(2, {"unified": _make_parent(base, group_name)})
+    cgroups._ensure_parents()
+    return cgroups
 
 
 def _make_parent(base: str, group_name: str) -> str:

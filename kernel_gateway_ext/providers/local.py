@@ -254,6 +254,12 @@ class LocalProvider(SandboxProvider):
                     self.cgroups.remove(sandbox_id)
                 if handle.get("dir"):
                     shutil.rmtree(handle["dir"], ignore_errors=True)
+        if self.die_with_gateway and self.cgroups is not None:
+            # Sandboxes still being created when we stop (not yet children): nothing of an
+            # ephemeral gateway may stay, its cgroups included.
+            for sandbox_id in self.cgroups.leftovers():
+                self.cgroups.kill(sandbox_id)
+                self.cgroups.remove(sandbox_id)
 
     async def destroy(self, sandbox: Sandbox) -> None:
         self._kept.discard(sandbox.id)
