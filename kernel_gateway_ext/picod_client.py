@@ -102,6 +102,17 @@ class PicodClient:
                 raise exc.__cause__ from None
             raise PicodUnreachable(f"the sandbox did not answer ({_reason(exc)})") from exc
 
+    async def websocket(self, path: str, *, token: str) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to PicoD (its kernel channels); the caller closes it."""
+        try:
+            return await self._session.ws_connect(self.base_url + path, max_msg_size=0, autoping=True,
+                                                  headers={"Authorization": f"Bearer {token}"},
+                                                  timeout=aiohttp.ClientWSTimeout(ws_close=5))
+        except (aiohttp.ClientConnectionError, aiohttp.WSServerHandshakeError, OSError) as exc:
+            if isinstance(exc.__cause__, PeerCheckFailed):
+                raise exc.__cause__ from None
+            raise PicodUnreachable(f"the sandbox's kernel channels did not open ({_reason(exc)})") from exc
+
     async def call_json(self, method: str, path: str, body: dict | None, *, token: str,
                         timeout: float | None = None, headers: dict | None = None) -> tuple[int, dict]:
         """A JSON request and its decoded JSON answer."""

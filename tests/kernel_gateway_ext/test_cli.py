@@ -78,13 +78,15 @@ def test_a_port_in_use_is_an_error(tmp_path):
 
 JUPYTER_PATHS = ["/", "/files/secret.txt", "/view/secret.txt", "/tree", "/tree/secret.txt", "/edit/secret.txt",
                  "/notebooks/x.ipynb", "/nbconvert/html/x.ipynb", "/api/contents", "/api/contents/secret.txt",
-                 "/api/kernels", "/api/kernelspecs", "/api/sessions", "/api/resolvePath?path=secret.txt",
+                 "/api/kernels/x/y", "/api/kernelspecs/a/b", "/api/sessions", "/api/resolvePath?path=secret.txt",
                  "/api/spec.yaml", "/api/status", "/api/me", "/api/config/x", "/api/nbconvert", "/login",
                  "/logout", "/lab", "/static/favicon.ico", "/favicon.ico", "/robots.txt", "/v1/sessions/",
                  "/no/such/path"]
 
 
 def test_only_the_gateway_is_served(tmp_path):
+    """jupyter-server's own pages and APIs are not there (the kernel API is the gateway's own,
+    served from its sandboxes; see test_kernels_api.py)."""
     served = tmp_path / "cwd"
     served.mkdir()
     (served / "secret.txt").write_text("the gateway's own disk")

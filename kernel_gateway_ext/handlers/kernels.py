@@ -1,0 +1,236 @@
+"""The Jupyter kernel face: kernelspecs, kernels and their channels, in the dialect jupyter_server's
+gateway client (`--gateway-url`) and `GatewayKernelManager` speak.
+
+A kernel *is* a session (kernel id = session id): one per code-interpreter template's sandbox,
+reachable through the execute API and the Router too. The channels WebSocket is relayed to the
+sandbox's PicoD, which speaks the legacy JSON framing (`channel` on every message, shell when a
+client leaves it out) and reports restarts and deaths on iopub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hmac
+import importlib.resources
+import json
+
+import aiohttp
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web, websocket
+
+from ..picod_client import PicodUnreachable
+from ..sessions import UnknownSession
+from .base import GatewayError, GatewayHandler, translate
+from .execute import _picod_error
+
+LOGO = "logo-64x64.png"
+LAUNCH_TIMEOUT_VAR = "KERNEL_LAUNCH_TIMEOUT"
+PING_SECONDS = 30  # clients never ping; nbclient gives up on a silent socket after 40 s
+
+
+def kernelspec(template) -> dict:
+    name = template.name
+    return {"name": name,
+            "spec": {"argv": [], "display_name": f"Python 3 (KernelCube: {name})", "language": "python",
+                     "interrupt_mode": "message", "env": {},
+                     "metadata": {"kernelcube": {"template": name, "network": template.network}}},
+            "resources": {LOGO: f"/kernelspecs/{name}/{LOGO}"}}
+
+
+def _timestamp(epoch: float) -> str:
+    """What the gateway client parses: six fractional digits and a literal Z, always."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KernelsFace(GatewayHandler):
+    """Errors as the gateway client shows them: `{"reason", "message"}`."""
+
+    def error_body(self, status: int, code: str, message: str) -> dict:
+        return {"reason": code, "message": message}
+
+    def code_interpreters(self) -> dict:
+        return {name: t for name, t in self.sessions.templates.items() if t.kind == "code-interpreter"}
+
+    def model(self, record, state: str = "idle") -> dict:
+        return {"id": record.session_id, "name": record.template, "last_activity": _timestamp(record.last_activity),
+                "execution_state": state, "connections": self.gateway.kernel_connections.get(record.session_id, 0)}
+
+    async def kernel_record(self, kernel_id: str):
+        record = await self.sessions.get(kernel_id)
+        if record.kind != "code-interpreter":
+            raise UnknownSession(kernel_id)
+        return record
+
+
+class KernelSpecsHandler(KernelsFace):
+    def get(self) -> None:
+        specs = self.code_interpreters()
+        default = "default" if "default" in specs else next(iter(specs), "")
+        self.write_json({"default": default, "kernelspecs": {name: kernelspec(t) for name, t in specs.items()}})
+
+
+class KernelSpecHandler(KernelsFace):
+    def get(self, name: str) -> None:
+        template = self.code_interpreters().get(name)
+        if template is None:
+            raise GatewayError(404, "NOT_FOUND", f"no kernelspec {name!r}; known: {sorted(self.code_interpreters())}")
+        self.write_json(kernelspec(template))
+
+
+class KernelSpecResourceHandler(KernelsFace):
+    requires_token = False  # a logo, fetched by browsers without the token
+
+    def get(self, name: str, resource: str) -> None:
+        if name not in self.code_interpreters() or resource != LOGO:
+            raise GatewayError(404, "NOT_FOUND", f"kernelspec {name!r} has no resource {resource!r}")
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "max-age=86400")
+        self.finish(importlib.resources.files("kernel_gateway_ext").joinpath(LOGO).read_bytes())
+
+
+class KernelsHandler(KernelsFace):
+    async def get(self) -> None:
+        records = [r for r in await self.sessions.list() if r.kind == "code-interpreter"]
+        self.write_json([self.model(r) for r in records])
+
+    async def post(self) -> None:
+        """Start a kernel: claim a warm sandbox of the kernelspec's template (a session)."""
+        body = self.json_body(required=False)
+        name = body.get("name") or "default"
+        env = body.get("env") or {}
+        if not isinstance(name, str) or not isinstance(env, dict):
+            raise GatewayError(400, "BAD_REQUEST", "'name' must be a kernelspec name and 'env' an object")
+        if name not in self.code_interpreters():
+            raise GatewayError(404, "NOT_FOUND", f"no kernelspec {name!r}; known: {sorted(self.code_interpreters())}")
+        timeout = self.gateway.claim_timeout
+        try:
+            timeout = min(timeout, float(env.get(LAUNCH_TIMEOUT_VAR, timeout)))
+        except (TypeError, ValueError):
+            raise GatewayError(400, "BAD_REQUEST", f"{LAUNCH_TIMEOUT_VAR} must be a number of seconds") from None
+        record = await self.sessions.create(name, timeout=timeout)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}/api/kernels/{record.session_id}")
+        self.write_json(self.model(record), 201)
+
+
+class KernelHandler(KernelsFace):
+    async def get(self, kernel_id: str) -> None:
+        self.write_json(self.model(await self.kernel_record(kernel_id)))
+
+    async def delete(self, kernel_id: str) -> None:
+        await self.kernel_record(kernel_id)
+        await self.sessions.delete(kernel_id)
+        self.set_status(204)
+        self.finish()
+
+
+class KernelActionHandler(KernelsFace):
+    """`POST .../interrupt` (204) and `.../restart` (200 and the model; same kernel id)."""
+
+    async def post(self, kernel_id: str, action: str) -> None:
+        await self.kernel_record(kernel_id)
+        async with self.sessions.use(kernel_id) as session:
+            status, answer = await session.client.call_json("POST", f"/api/kernel/{action}", None,
+                                                            token=session.token, timeout=120)
+        if status != 200:
+            raise _picod_error(status, json.dumps(answer).encode())
+        if action == "interrupt":
+            self.set_status(204)
+            self.finish()
+        else:
+            self.write_json(self.model(session.record))
+
+
+class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, JupyterHandler):
+    """`/api/kernels/{id}/channels`: relays text frames both ways between the client and the
+    sandbox's kernel channels, with the gateway token (header or `?token=`)."""
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # auth is the token, never a cookie: another origin gains nothing
+
+    def get_compression_options(self):
+        return None
+
+    @property
+    def ping_interval(self) -> float:
+        return PING_SECONDS
+
+    async def get(self, kernel_id: str) -> None:
+        self.current_user = self._jupyter_current_user = None
+        gateway = self.extensionapp
+        await gateway.ensure_started()
+        expected, given = gateway.token, self.identity_provider.get_token(self) or ""
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            raise web.HTTPError(401, "a valid gateway token is required")
+        try:
+            record = await gateway.sessions.get(kernel_id)
+            self._session_cm = gateway.sessions.use(kernel_id)
+            session = await self._session_cm.__aenter__()
+            self.upstream = await session.client.websocket("/api/kernel/channels", token=session.token)
+        except BaseException as exc:
+            if getattr(self, "_session_cm", None) is not None:
+                await self._session_cm.__aexit__(None, None, None)
+                self._session_cm = None
+            error = translate(exc) or (GatewayError(404, "NOT_FOUND", str(exc)) if isinstance(exc, UnknownSession)
+                                       else None)
+            if error is None:
+                raise
+            raise web.HTTPError(error.status_code, error.message) from None
+        self.kernel_id = record.session_id
+        await super().get(kernel_id)
+
+    def open(self, kernel_id: str) -> None:
+        self.set_nodelay(True)
+        connections = self.extensionapp.kernel_connections
+        connections[self.kernel_id] = connections.get(self.kernel_id, 0) + 1
+        self._pump = asyncio.ensure_future(self._from_kernel())
+
+    async def _from_kernel(self) -> None:
+        try:
+            async for frame in self.upstream:
+                if frame.type == aiohttp.WSMsgType.TEXT and frame.data:
+                    await self.write_message(frame.data)
+                elif frame.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                    break
+        except (websocket.WebSocketClosedError, PicodUnreachable):
+            pass
+        finally:
+            self.close()
+
+    async def on_message(self, message) -> None:
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        await self.upstream.send_str(message)
+
+    def on_close(self) -> None:
+        connections = self.extensionapp.kernel_connections
+        if getattr(self, "kernel_id", None) in connections:
+            connections[self.kernel_id] -= 1
+            if connections[self.kernel_id] <= 0:
+                del connections[self.kernel_id]
+        if getattr(self, "_pump", None) is not None:
+            self._pump.cancel()
+        asyncio.ensure_future(self._release())
+
+    async def _release(self) -> None:
+        upstream = getattr(self, "upstream", None)
+        if upstream is not None:
+            await upstream.close()
+        if getattr(self, "_session_cm", None) is not None:
+            await self._session_cm.__aexit__(None, None, None)
+            self._session_cm = None
+
+
+default_handlers = [
+    (r"/api/kernelspecs", KernelSpecsHandler),
+    (r"/api/kernelspecs/([^/]+)", KernelSpecHandler),
+    (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler),
+    (r"/api/kernels", KernelsHandler),
+    (r"/api/kernels/([\w-]+)", KernelHandler),
+    (r"/api/kernels/([\w-]+)/(interrupt|restart)", KernelActionHandler),
+    (r"/api/kernels/([\w-]+)/channels", KernelChannelsHandler),
+]
