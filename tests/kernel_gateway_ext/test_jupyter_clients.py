@@ -1,0 +1,94 @@
+"""A real jupyter_server in gateway mode (`--gateway-url`, as JupyterLab runs it) in front of a
+real KernelCube gateway: kernelspecs come from the gateway, a kernel started through
+jupyter_server is a KernelCube sandbox, and a notebook client's WebSocket to jupyter_server
+runs code in it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+import pytest
+import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.support.gateway import TOKEN, Gateway
+from tests.support.processes import ServerProcess
+from tests.support.redis import free_port
+
+pytestmark = pytest.mark.slow
+LAB_TOKEN = "lab-token-0123456789"
+
+
+class JupyterServer(ServerProcess):
+    def __init__(self, gateway_url: str, root: str):
+        argv = [os.path.join(os.path.dirname(sys.executable), "jupyter-server"), "--no-browser", "--allow-root",
+                "--ip", "127.0.0.1", "--port", str(free_port()), f"--IdentityProvider.token={LAB_TOKEN}",
+                f"--gateway-url={gateway_url}", f"--GatewayClient.auth_token={TOKEN}",
+                f"--ServerApp.root_dir={root}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_", "KERNEL_"))}
+        super().__init__(argv, {**env, "JUPYTER_CONFIG_DIR": os.path.join(root, ".config"),
+                                "JUPYTER_DATA_DIR": os.path.join(root, ".data"),
+                                "JUPYTER_RUNTIME_DIR": os.path.join(root, ".runtime")},
+                         ready_path="/api", url_pattern=r"http://(127\.0\.0\.1):(\d+)/")
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"token {LAB_TOKEN}"},
+                                timeout=60, **kwargs)
+
+
+def _message(msg_type: str, content: dict, msg_id: str) -> str:
+    return json.dumps({"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "lab", "session": "s",
+                                  "date": "2026-01-01T00:00:00Z", "version": "5.3"},
+                       "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"})
+
+
+async def _execute(url: str, kernel_id: str, code: str) -> dict:
+    request = HTTPRequest(f"{url.replace('http', 'ws')}/api/kernels/{kernel_id}/channels?session_id=lab-session",
+                          headers={"Authorization": f"token {LAB_TOKEN}"})
+    conn = await websocket_connect(request)
+    try:
+        msg_id = uuid.uuid4().hex
+        conn.write_message(_message("execute_request", {"code": code, "silent": False}, msg_id))
+
+        async def result() -> dict:
+            while True:
+                raw = await conn.read_message()
+                assert raw is not None, "the channels WebSocket closed"
+                msg = json.loads(raw)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
+                    return msg
+        return await asyncio.wait_for(result(), 60)
+    finally:
+        conn.close()
+
+
+def test_jupyter_server_in_gateway_mode_runs_code_in_a_kernelcube_sandbox(tmp_path):
+    gateway = Gateway(str(tmp_path / "state"), free_port())
+    lab = None
+    try:
+        lab = JupyterServer(gateway.url, str(tmp_path))
+        # jupyter_server adopts the gateway's default kernel on its first fetch and reports it
+        # from the next one on.
+        lab.api("GET", "/api/kernelspecs")
+        specs = lab.api("GET", "/api/kernelspecs").json()
+        assert specs["default"] == "default" and "KernelCube" in specs["kernelspecs"]["default"]["spec"]["display_name"]
+        started = lab.api("POST", "/api/kernels", json={"name": "default"})
+        assert started.status_code == 201, started.text
+        kernel_id = started.json()["id"]
+        # jupyter_server's kernel is KernelCube's session, with the same id.
+        assert requests.get(f"{gateway.url}/v1/sessions/{kernel_id}", timeout=30,
+                            headers={"Authorization": f"token {TOKEN}"}).status_code == 200
+        result = asyncio.run(_execute(lab.url, kernel_id, "import os; (os.getuid(), 6 * 7)"))
+        assert result["content"]["data"]["text/plain"] == "(1000, 42)"
+        assert lab.api("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
+        assert requests.get(f"{gateway.url}/v1/sessions/{kernel_id}", timeout=30,
+                            headers={"Authorization": f"token {TOKEN}"}).status_code == 404
+    finally:
+        if lab is not None:
+            lab.stop()
+        assert gateway.stop() == 0, gateway.log
