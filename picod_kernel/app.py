@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 from tornado import httpserver, web
@@ -167,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> None:
+    # Children are watched through pidfds, not a thread each: under a process limit (a fork bomb
+    # in the sandbox) a thread may not start, and a command must then fail cleanly, not the daemon.
+    if hasattr(asyncio, "PidfdChildWatcher"):
+        with warnings.catch_warnings():  # the child-watcher API is deprecated from Python 3.12 on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
     # The state is built inside the loop: the kernel manager's ZMQ context belongs to it.
     await serve(args, make_state(args, dict(os.environ)))
 

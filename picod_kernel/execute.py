@@ -108,7 +108,8 @@ async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[st
             lambda: _CaptureProtocol(max_output), *argv, cwd=cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True, **kwargs_for(run_as))
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as exc:
+        # OSError EAGAIN or RuntimeError (no thread): most often the sandbox's process limit
         end = time.time()
         return CommandResult("", f"exec: {argv[0]!r}: {exc}", 1, end - start, start, end)
 

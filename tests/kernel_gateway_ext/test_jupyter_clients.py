@@ -64,7 +64,14 @@ async def _execute(url: str, kernel_id: str, code: str) -> dict:
                     return msg
         return await asyncio.wait_for(result(), 60)
     finally:
-        conn.close()
+        await close(conn)
+
+
+async def close(conn) -> None:
+    """Close and wait for the closing handshake, so the socket is closed before its loop is."""
+    conn.close()
+    while await asyncio.wait_for(conn.read_message(), 10) is not None:
+        pass
 
 
 def test_jupyter_server_in_gateway_mode_runs_code_in_a_kernelcube_sandbox(tmp_path):

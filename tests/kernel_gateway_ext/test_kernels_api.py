@@ -89,6 +89,9 @@ async def test_kernel_life_and_channels(jp_fetch, jp_ws_fetch, gateway):
         assert after["content"]["data"]["text/plain"] == "False"  # a fresh kernel behind the same id and socket
     finally:
         conn.close()
+        # Let the closing handshake finish, so the socket is closed before this test's loop is.
+        while await asyncio.wait_for(conn.read_message(), 10) is not None:
+            pass
 
     assert (await jp_fetch("api", "kernels", kernel_id, method="DELETE")).code == 204
     with pytest.raises(HTTPClientError) as info:
