@@ -162,14 +162,14 @@ class LocalProvider(SandboxProvider):
         lifeline = None
         inherited: list[int] = []  # descriptors the sandbox keeps (and we close after the spawn)
         try:
-            await asyncio.to_thread(_make_dirs, directory, daemon_uid if mapped else None)
+            await _finished(_make_dirs, directory, daemon_uid if mapped else None)
             if self.cgroups is not None:
                 handle["cgroups"] = True
-                procs = await asyncio.to_thread(self.cgroups.create, sandbox_id, template.limits)
+                procs = await _finished(self.cgroups.create, sandbox_id, template.limits)
             else:
                 procs = []
             if mapped:
-                inherited.append(await asyncio.to_thread(self.userns.create))
+                inherited.append(await _finished(self.userns.create, undo=os.close))
                 namespaces = (self.userns.setup_fd(), inherited[-1])
             if self.die_with_gateway:
                 # The sandbox ends when this pipe's write end, held only by this gateway, closes:
@@ -191,7 +191,7 @@ class LocalProvider(SandboxProvider):
             handle["pid"] = proc.pid
             sandbox = Sandbox(sandbox_id, template.name, endpoint, handle)
             self._children[sandbox_id] = (proc, sandbox.handle)
-            await asyncio.to_thread(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
+            await _finished(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
             await self._wait_ready(sandbox, proc, log_path)
             # Under bubblewrap the sandbox lives as long as its namespace init (bwrap's child),
             # even if bwrap itself is killed: track and kill both.
@@ -312,6 +312,21 @@ class LocalProvider(SandboxProvider):
         atexit.unregister(self._kill_unkept)
         with contextlib.suppress(OSError):
             os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
+
+
+async def _finished(fn, *args, undo=None):
+    """Run blocking set-up work in a thread. If the caller is cancelled meanwhile (a pool that
+    stops), wait for the thread anyway, so that what it made (directories, cgroups) exists
+    before the clean-up runs, and `undo` what it returned."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            result = await task
+            if undo is not None:
+                undo(result)
+        raise
 
 
 async def _reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:
