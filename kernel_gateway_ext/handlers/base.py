@@ -58,6 +58,14 @@ def translate(exc: BaseException) -> GatewayError | None:
 DRAIN_LIMIT = 1024 * 1024
 
 
+def token_valid(expected: str, handler) -> bool:
+    """The request carries the gateway token (`Authorization: token|Bearer`, or `?token=`)."""
+    if not expected:
+        return True  # auth disabled: the gateway then listens on loopback only
+    given = handler.identity_provider.get_token(handler) or ""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 @web.stream_request_body
 class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
     """Auth is the gateway token (`Authorization: token|Bearer <t>` or `?token=`), never a
@@ -115,11 +123,7 @@ class GatewayHandler(ExtensionHandlerMixin, JupyterHandler):
                                "'Authorization: token <token>' (or Bearer), or ?token=<token>")
 
     def token_ok(self) -> bool:
-        expected = self.gateway.token
-        if not expected:
-            return True  # auth disabled: the gateway then listens on loopback only
-        given = self.identity_provider.get_token(self) or ""
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return token_valid(self.gateway.token, self)
 
     def _declare_length(self) -> None:
         """Note the body's declared length (0 without a body; None when unsized, i.e. chunked)

@@ -292,17 +292,22 @@ class InterruptHandler(GatewayHandler):
     async def post(self, session_id: str) -> None:
         async with self.sessions.use(session_id) as session:
             _not_agent_runtime(self.sessions.template(session.record.template))
-            status, answer = await session.client.call_json("POST", "/api/kernel/interrupt", None,
-                                                            token=session.token, timeout=30)
-        if status != 200:
-            raise _picod_error(status, json.dumps(answer).encode())
+            await kernel_action(session, "interrupt")
         self.set_status(204)
         self.finish()
 
 
+async def kernel_action(session, action: str, timeout: float = 30) -> None:
+    """Ask the session's PicoD to interrupt or restart its kernel; its refusal is translated."""
+    status, answer = await session.client.call_json("POST", f"/api/kernel/{action}", None,
+                                                    token=session.token, timeout=timeout)
+    if status != 200:
+        raise _picod_error(status, json.dumps(answer).encode())
+
+
 async def _interrupt_quietly(session, log) -> None:
     try:
-        await session.client.call_json("POST", "/api/kernel/interrupt", None, token=session.token, timeout=30)
+        await kernel_action(session, "interrupt")
     except Exception as exc:  # the client is gone: there is nobody to tell
         log.info("could not interrupt session %s after its client left: %s", session.record.session_id, exc)
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hmac
 import importlib.resources
-import json
 
 import aiohttp
 from jupyter_server.base.handlers import JupyterHandler
@@ -22,8 +20,8 @@ from tornado import web, websocket
 
 from ..picod_client import PicodUnreachable
 from ..sessions import UnknownSession
-from .base import GatewayError, GatewayHandler, translate
-from .execute import _picod_error
+from .base import GatewayError, GatewayHandler, token_valid, translate
+from .execute import kernel_action
 
 LOGO = "logo-64x64.png"
 LAUNCH_TIMEOUT_VAR = "KERNEL_LAUNCH_TIMEOUT"
@@ -131,10 +129,7 @@ class KernelActionHandler(KernelsFace):
     async def post(self, kernel_id: str, action: str) -> None:
         await self.kernel_record(kernel_id)
         async with self.sessions.use(kernel_id) as session:
-            status, answer = await session.client.call_json("POST", f"/api/kernel/{action}", None,
-                                                            token=session.token, timeout=120)
-        if status != 200:
-            raise _picod_error(status, json.dumps(answer).encode())
+            await kernel_action(session, action, timeout=120)
         if action == "interrupt":
             self.set_status(204)
             self.finish()
@@ -163,8 +158,7 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
         self.current_user = self._jupyter_current_user = None
         gateway = self.extensionapp
         await gateway.ensure_started()
-        expected, given = gateway.token, self.identity_provider.get_token(self) or ""
-        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+        if not token_valid(gateway.token, self):
             raise web.HTTPError(401, "a valid gateway token is required")
         try:
             record = await gateway.sessions.get(kernel_id)

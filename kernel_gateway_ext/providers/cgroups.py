@@ -97,6 +97,11 @@ class Cgroups:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
 
+    def discard(self, sandbox_id: str) -> None:
+        """Kill what runs in the sandbox's cgroups, then remove them."""
+        self.kill(sandbox_id)
+        self.remove(sandbox_id)
+
     def close(self) -> None:
         """Remove the gateway's parent cgroups once no sandbox cgroup is left in them."""
         for parent in self.parents.values():

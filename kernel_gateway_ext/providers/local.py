@@ -250,16 +250,14 @@ class LocalProvider(SandboxProvider):
             if sandbox_id not in self._kept:
                 _kill_sandbox(sandbox_id, handle)
                 if self.cgroups is not None and handle.get("cgroups"):
-                    self.cgroups.kill(sandbox_id)
-                    self.cgroups.remove(sandbox_id)
+                    self.cgroups.discard(sandbox_id)
                 if handle.get("dir"):
                     shutil.rmtree(handle["dir"], ignore_errors=True)
         if self.die_with_gateway and self.cgroups is not None:
             # Sandboxes still being created when we stop (not yet children): nothing of an
             # ephemeral gateway may stay, its cgroups included.
             for sandbox_id in self.cgroups.leftovers():
-                self.cgroups.kill(sandbox_id)
-                self.cgroups.remove(sandbox_id)
+                self.cgroups.discard(sandbox_id)
 
     async def destroy(self, sandbox: Sandbox) -> None:
         self._kept.discard(sandbox.id)
@@ -271,8 +269,7 @@ class LocalProvider(SandboxProvider):
         if child is not None:
             await _reap(child[0])
         if self.cgroups is not None and sandbox.handle.get("cgroups"):
-            await asyncio.to_thread(self.cgroups.kill, sandbox.id)
-            await asyncio.to_thread(self.cgroups.remove, sandbox.id)
+            await asyncio.to_thread(self.cgroups.discard, sandbox.id)
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
             await asyncio.to_thread(shutil.rmtree, directory, True)
