@@ -10,6 +10,7 @@ import collections
 import pytest
 
 from controller import resources as R
+from controller.errors import Conflict
 from tests.controller import helpers as h
 
 
@@ -97,9 +98,15 @@ async def test_a_leader_that_cannot_renew_steps_down(cluster, make_controller):
     election = dict(leader_election=True, lease_duration=1.0, renew_deadline=0.5,
                     retry_period=0.1, lease_namespace=h.NS)
     ctl = await make_controller(identity="solo", **election)
-    lease = cluster.api.get("leases", h.NS, "kernelcube-controller")
-    # Someone else grabs the lease (as after a partition): the leader must notice and stop.
-    lease["spec"]["holderIdentity"] = "intruder"
-    await cluster.kube.replace(R.LEASES, h.NS, "kernelcube-controller", lease)
+    # Someone else grabs the lease (as after a partition): the leader must notice and stop. The
+    # intruder writes as any client would, retrying when the leader's renewal got in between.
+    while True:
+        lease = cluster.api.get("leases", h.NS, "kernelcube-controller")
+        lease["spec"]["holderIdentity"] = "intruder"
+        try:
+            await cluster.kube.replace(R.LEASES, h.NS, "kernelcube-controller", lease)
+            break
+        except Conflict:
+            continue
     await h.wait_for(lambda: not ctl.leading.is_set(), 3, "stepped down")
     assert ctl.terms == 1
