@@ -38,11 +38,15 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
     def ping_interval(self) -> float:
         return PING_SECONDS
 
+    def authorized(self, kernel_id: str) -> bool:
+        """The gateway token, in the header or `?token=`."""
+        return token_valid(self.extensionapp.token, self)
+
     async def get(self, kernel_id: str) -> None:
         self.current_user = self._jupyter_current_user = None
         gateway = self.extensionapp
         await gateway.ensure_started()
-        if not token_valid(gateway.token, self):
+        if not self.authorized(kernel_id):
             raise web.HTTPError(401, "a valid gateway token is required")
         try:
             record = await gateway.sessions.get(kernel_id)
