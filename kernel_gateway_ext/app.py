@@ -21,7 +21,7 @@ from picod_kernel.limits import MAX_BODY_BYTES
 
 from .admission import BodyBudget, FairLimiter
 from .envconfig import ConfigError, env_float, env_int, env_json_object, env_str
-from .handlers import agentcube, channels, execute, fallback, health, kernels, openapi
+from .handlers import agentcube, capabilities, channels, execute, fallback, health, kernels, openapi
 from .identity import Identity
 from .metrics import Metrics
 from .pool import Capacity, WarmPool
@@ -325,7 +325,8 @@ class KernelCubeApp(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(health.default_handlers + agentcube.default_handlers + execute.default_handlers
-                             + kernels.default_handlers + channels.default_handlers + openapi.default_handlers)
+                             + kernels.default_handlers + channels.default_handlers + capabilities.default_handlers
+                             + openapi.default_handlers)
         if getattr(self.serverapp, STANDALONE, False):
             # Last, so it answers only what nothing above routes; extension rules come before
             # jupyter-server's own, so it also hides whatever the server would still serve.

@@ -22,7 +22,7 @@ from .metrics import Metrics
 from .picod_client import PeerCheckFailed, PicodClient, PicodUnreachable
 from .pool import Capacity, WarmPool
 from .providers import Sandbox, SandboxProvider
-from .store.base import SessionRecord, SessionStore
+from .store.base import SessionExists, SessionRecord, SessionStore
 from .templates import Template
 
 log = logging.getLogger("kernelcube.sessions")
@@ -44,6 +44,12 @@ class UnknownTemplate(SessionError):
     def __init__(self, name: str, known: list[str]):
         super().__init__(f"template {name!r} not found; known templates: {', '.join(sorted(known))}")
         self.name = name
+
+
+class SessionTaken(SessionError):
+    def __init__(self, session_id: str):
+        super().__init__(f"session {session_id!r} already exists; choose another id or leave it out")
+        self.session_id = session_id
 
 
 class SandboxGone(SessionError):
@@ -78,25 +84,30 @@ class SessionManager:
         return self.templates[name]
 
     async def create(self, template_name: str, *, timeout: float, namespace: str = "default",
-                     kind: str | None = None) -> SessionRecord:
-        """Claim a sandbox and record the session; the sandbox is destroyed if recording fails."""
+                     kind: str | None = None, session_id: str | None = None) -> SessionRecord:
+        """Claim a sandbox and record the session; the sandbox is destroyed if recording fails.
+        `session_id` is the caller's choice of id (a kernel's `KERNEL_ID`), else a new UUID."""
         template = self.template(template_name)
         if kind is not None and template.kind != kind:
             raise UnknownTemplate(template_name, [n for n, t in self.templates.items() if t.kind == kind])
+        if session_id is not None and await self.store.get(session_id) is not None:
+            raise SessionTaken(session_id)  # checked before claiming: a sandbox is not wasted on it
         started = time.monotonic()
         sandbox, path = await self.pools[template_name].claim(timeout)
         self.metrics.claim_seconds.labels(template_name, path).observe(time.monotonic() - started)
         now = time.time()
         record = SessionRecord(
-            session_id=str(uuid.uuid4()), template=template_name, kind=template.kind, namespace=namespace,
+            session_id=session_id or str(uuid.uuid4()), template=template_name, kind=template.kind, namespace=namespace,
             created_at=now, expires_at=now + template.max_session_duration,
             idle_timeout=template.session_timeout, last_activity=now, sandbox_id=sandbox.id,
             provider=self.provider.name, sandbox=sandbox.to_dict(),
             entry_points=[{"path": "/", "protocol": "HTTP", "endpoint": _describe(sandbox.endpoint)}])
         try:
             await self.store.create(record)
-        except BaseException:
+        except BaseException as exc:
             await self._destroy_sandbox(sandbox)
+            if isinstance(exc, SessionExists):  # taken by a racing create since the check above
+                raise SessionTaken(record.session_id) from None
             raise
         if self.store.persistent:
             self.provider.keep_on_exit(sandbox.id)
@@ -133,7 +144,8 @@ class SessionManager:
         await self.provider.destroy(sandbox)
         self.capacity.release()
 
-    def _client(self, record: SessionRecord) -> PicodClient:
+    def client(self, record: SessionRecord) -> PicodClient:
+        """The (cached) client to the PicoD of a session's sandbox."""
         client = self._clients.get(record.sandbox_id)
         if client is None:
             client = self._clients[record.sandbox_id] = PicodClient(record.sandbox["endpoint"])
@@ -148,7 +160,7 @@ class SessionManager:
             if not await self.store.touch(session_id):
                 raise UnknownSession(session_id)
             record = await self.get(session_id)
-            handle = SessionHandle(record, self._client(record),
+            handle = SessionHandle(record, self.client(record),
                                    self.identity.token(record.session_id, record.sandbox_id))
             try:
                 yield handle

@@ -16,7 +16,7 @@ from tornado import web
 
 from ..picod_client import PicodUnreachable
 from ..pool import CapacityExhausted
-from ..sessions import SandboxGone, SessionError, UnknownSession, UnknownTemplate
+from ..sessions import SandboxGone, SessionError, SessionTaken, UnknownSession, UnknownTemplate
 from ..store.base import StoreUnavailable
 
 
@@ -38,6 +38,8 @@ def translate(exc: BaseException) -> GatewayError | None:
         return GatewayError(404, "SESSION_NOT_FOUND", str(exc))
     if isinstance(exc, UnknownTemplate):
         return GatewayError(404, "TEMPLATE_NOT_FOUND", str(exc))
+    if isinstance(exc, SessionTaken):
+        return GatewayError(409, "SESSION_EXISTS", str(exc))
     if isinstance(exc, SandboxGone):
         return GatewayError(410, "SANDBOX_GONE", str(exc))
     if isinstance(exc, PicodUnreachable):

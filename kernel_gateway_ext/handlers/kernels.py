@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime
 import importlib.resources
 
+from ..kernel_launch import BadLaunch, parse_launch
 from ..sessions import UnknownSession
 from .base import GatewayError, GatewayHandler
 from .execute import kernel_action
 
 LOGO = "logo-64x64.png"
-LAUNCH_TIMEOUT_VAR = "KERNEL_LAUNCH_TIMEOUT"
+# PicoD's kernel states as Jupyter execution states (busy/idle reach clients on iopub)
+KERNEL_STATES = {"ready": "idle", "starting": "starting", "restarting": "restarting", "dead": "dead", "failed": "dead"}
 
 
 def kernelspec(template) -> dict:
@@ -27,7 +29,7 @@ def kernelspec(template) -> dict:
             "resources": {LOGO: f"/kernelspecs/{name}/{LOGO}"}}
 
 
-def _timestamp(epoch: float) -> str:
+def timestamp(epoch: float) -> str:
     """What the gateway client parses: six fractional digits and a literal Z, always."""
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -42,8 +44,19 @@ class KernelsFace(GatewayHandler):
         return {name: t for name, t in self.sessions.templates.items() if t.kind == "code-interpreter"}
 
     def model(self, record, state: str = "idle") -> dict:
-        return {"id": record.session_id, "name": record.template, "last_activity": _timestamp(record.last_activity),
+        return {"id": record.session_id, "name": record.template, "last_activity": timestamp(record.last_activity),
                 "execution_state": state, "connections": self.gateway.kernel_connections.get(record.session_id, 0)}
+
+    async def live_model(self, record) -> dict:
+        """The model with the kernel's state as its PicoD reports it now (one health call)."""
+        status, health = await self.sessions.client(record).health()
+        kernel = health.get("kernel")
+        state = KERNEL_STATES.get(kernel, "dead")
+        model = self.model(record, state)
+        if state == "dead":
+            model["reason"] = health.get("kernel_error") or (
+                f"the kernel is {kernel}" if kernel else "the kernel's sandbox does not answer")
+        return model
 
     async def kernel_record(self, kernel_id: str):
         record = await self.sessions.get(kernel_id)
@@ -84,27 +97,35 @@ class KernelsHandler(KernelsFace):
         self.write_json([self.model(r) for r in records])
 
     async def post(self) -> None:
-        """Start a kernel: claim a warm sandbox of the kernelspec's template (a session)."""
-        body = self.json_body(required=False)
-        name = body.get("name") or "default"
-        env = body.get("env") or {}
-        if not isinstance(name, str) or not isinstance(env, dict):
-            raise GatewayError(400, "BAD_REQUEST", "'name' must be a kernelspec name and 'env' an object")
-        if name not in self.code_interpreters():
-            raise GatewayError(404, "NOT_FOUND", f"no kernelspec {name!r}; known: {sorted(self.code_interpreters())}")
-        timeout = self.gateway.claim_timeout
+        """Start a kernel: claim a warm sandbox of the kernelspec's template (a session), then
+        set the forwarded environment in its kernel."""
         try:
-            timeout = min(timeout, float(env.get(LAUNCH_TIMEOUT_VAR, timeout)))
-        except (TypeError, ValueError):
-            raise GatewayError(400, "BAD_REQUEST", f"{LAUNCH_TIMEOUT_VAR} must be a number of seconds") from None
-        record = await self.sessions.create(name, timeout=timeout)
+            launch = parse_launch(self.json_body(required=False), self.gateway.claim_timeout)
+        except BadLaunch as exc:
+            raise GatewayError(400, "BAD_REQUEST", str(exc)) from None
+        if launch.name not in self.code_interpreters():
+            raise GatewayError(404, "NOT_FOUND", f"no kernelspec {launch.name!r}; known: {sorted(self.code_interpreters())}")
+        record = await self.sessions.create(launch.name, timeout=launch.timeout, session_id=launch.kernel_id)
+        if launch.env:
+            try:
+                await self._set_env(record.session_id, launch.env)
+            except BaseException:
+                await self.sessions.delete(record.session_id, "launch-failed")
+                raise
         self.set_header("Location", f"{self.base_url.rstrip('/')}/api/kernels/{record.session_id}")
-        self.write_json(self.model(record), 201)
+        self.write_json(self.model(record, "idle"), 201)
+
+    async def _set_env(self, kernel_id: str, env: dict[str, str]) -> None:
+        async with self.sessions.use(kernel_id) as session:
+            status, answer = await session.client.call_json("POST", "/api/run", {"code": "", "env": env},
+                                                            token=session.token, timeout=30)
+        if status != 200 or answer.get("status") not in ("ok", None):
+            raise GatewayError(502, "SANDBOX_ERROR", f"could not set the kernel's environment: {answer}")
 
 
 class KernelHandler(KernelsFace):
     async def get(self, kernel_id: str) -> None:
-        self.write_json(self.model(await self.kernel_record(kernel_id)))
+        self.write_json(await self.live_model(await self.kernel_record(kernel_id)))
 
     async def delete(self, kernel_id: str) -> None:
         await self.kernel_record(kernel_id)

@@ -107,3 +107,47 @@ async def test_channels_need_the_token(jp_fetch, jp_ws_fetch, gateway):
     with pytest.raises(HTTPClientError) as info:
         await jp_ws_fetch("api", "kernels", str(uuid.uuid4()), "channels")
     assert info.value.code == 404
+
+
+async def _execute(jp_fetch, kernel_id: str, code: str) -> dict:
+    response = await jp_fetch("v1", "execute", method="POST", body=json.dumps({"session_id": kernel_id, "code": code}))
+    return body(response)
+
+
+async def test_launch_env_reaches_the_kernel_and_kernel_id_is_honoured(jp_fetch, gateway):
+    chosen = str(uuid.uuid4())
+    env = {"KERNEL_ID": chosen, "KERNEL_USERNAME": "alice", "KERNEL_LAUNCH_TIMEOUT": "40",
+           "KERNEL_WORKING_DIR": "/home/alice/notebooks", "PROJECT": "it's \"quoted\"\n"}
+    model = body(await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "default", "env": env})))
+    assert model["id"] == chosen
+    seen = await _execute(jp_fetch, chosen, "import os, json; print(json.dumps([os.environ[k] for k in "
+                          "('KERNEL_ID', 'KERNEL_USERNAME', 'PROJECT')] + [os.getcwd()]))")
+    assert json.loads(seen["stdout"]) == [chosen, "alice", "it's \"quoted\"\n", "/workspace"]
+    # Forwarding costs no execution count: the first cell of the kernel is still In [1].
+    assert seen["execution_count"] == 1
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "default", "env": {"KERNEL_ID": chosen}}))
+    assert info.value.code == 409 and chosen in json.loads(info.value.response.body)["message"]
+    assert body(await jp_fetch("api", "kernels", chosen))["execution_state"] == "idle"
+
+
+async def test_launch_requests_are_checked_before_a_sandbox_is_claimed(jp_fetch, gateway):
+    for request, says in (({"env": {"KERNEL_ID": "not-a-uuid"}}, "KERNEL_ID must be a UUID"),
+                          ({"env": {"KERNEL_LAUNCH_TIMEOUT": "soon"}}, "KERNEL_LAUNCH_TIMEOUT"),
+                          ({"env": {"KERNEL_LAUNCH_TIMEOUT": "-1"}}, "KERNEL_LAUNCH_TIMEOUT"),
+                          ({"env": {"COUNT": 3}}, "refused: ['COUNT']"),
+                          ({"env": {"BAD NAME": "x"}}, "refused"),
+                          ({"env": ["KERNEL_ID"]}, "'env' an object")):
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "default", **request}))
+        assert info.value.code == 400 and says in json.loads(info.value.response.body)["message"], request
+    assert body(await jp_fetch("api", "kernels")) == []
+
+
+@pytest.mark.parametrize("gateway_config", [{"pool_size": 0}])
+async def test_launch_timeout_bounds_a_cold_start(jp_fetch, gateway):
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("api", "kernels", method="POST",
+                       body=json.dumps({"name": "default", "env": {"KERNEL_LAUNCH_TIMEOUT": "0.05"}}))
+    error = json.loads(info.value.response.body)
+    assert info.value.code == 503 and "within 0.05s" in error["message"], error
