@@ -1,7 +1,7 @@
 """A real jupyter_server in gateway mode (`--gateway-url`, as JupyterLab runs it) in front of a
 real KernelCube gateway: kernelspecs come from the gateway, a kernel started through
 jupyter_server is a KernelCube sandbox, and a notebook client's WebSocket to jupyter_server
-runs code in it."""
+runs code in it, is interrupted and restarted through it, and is shut down through it."""
 
 from __future__ import annotations
 
@@ -41,37 +41,71 @@ class JupyterServer(ServerProcess):
                                 timeout=60, **kwargs)
 
 
-def _message(msg_type: str, content: dict, msg_id: str) -> str:
-    return json.dumps({"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "lab", "session": "s",
-                                  "date": "2026-01-01T00:00:00Z", "version": "5.3"},
-                       "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"})
+class LabChannels:
+    """A notebook's channels WebSocket to jupyter_server, which relays it to KernelCube."""
 
+    def __init__(self, conn):
+        self.conn = conn
 
-async def _execute(url: str, kernel_id: str, code: str) -> dict:
-    request = HTTPRequest(f"{url.replace('http', 'ws')}/api/kernels/{kernel_id}/channels?session_id=lab-session",
-                          headers={"Authorization": f"token {LAB_TOKEN}"})
-    conn = await websocket_connect(request)
-    try:
+    @classmethod
+    async def open(cls, url: str, kernel_id: str) -> LabChannels:
+        request = HTTPRequest(f"{url.replace('http', 'ws')}/api/kernels/{kernel_id}/channels?session_id=lab-session",
+                              headers={"Authorization": f"token {LAB_TOKEN}"})
+        return cls(await websocket_connect(request))
+
+    def send(self, code: str) -> str:
         msg_id = uuid.uuid4().hex
-        conn.write_message(_message("execute_request", {"code": code, "silent": False}, msg_id))
+        self.conn.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "lab", "session": "s",
+                       "date": "2026-01-01T00:00:00Z", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "content": {"code": code, "silent": False}, "channel": "shell"}))
+        return msg_id
 
-        async def result() -> dict:
+    async def outcome(self, msg_id: str, timeout: float = 60) -> tuple[dict, str | None]:
+        """The execute_reply's content and the text/plain result, if any."""
+        async def read() -> tuple[dict, str | None]:
+            result = None
             while True:
-                raw = await conn.read_message()
+                raw = await self.conn.read_message()
                 assert raw is not None, "the channels WebSocket closed"
                 msg = json.loads(raw)
-                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
-                    return msg
-        return await asyncio.wait_for(result(), 60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "execute_result":
+                    result = msg["content"]["data"]["text/plain"]
+                elif msg["msg_type"] == "execute_reply":
+                    return msg["content"], result
+        return await asyncio.wait_for(read(), timeout)
+
+    async def run(self, code: str) -> str | None:
+        reply, result = await self.outcome(self.send(code))
+        assert reply["status"] == "ok", reply
+        return result
+
+    async def close(self) -> None:
+        """Close and wait for the closing handshake, so the socket is closed before its loop is."""
+        self.conn.close()
+        while await asyncio.wait_for(self.conn.read_message(), 10) is not None:
+            pass
+
+
+async def _notebook_session(lab: JupyterServer, kernel_id: str) -> None:
+    """Code runs in the sandbox; an endless loop is interrupted and the variables stay; a
+    restart keeps the kernel id and the WebSocket but clears the variables."""
+    channels = await LabChannels.open(lab.url, kernel_id)
+    try:
+        assert await channels.run("import os; x = 6 * 7; (os.getuid(), x)") == "(1000, 42)"
+        looping = channels.send("while True: pass")
+        interrupted = await asyncio.to_thread(lab.api, "POST", f"/api/kernels/{kernel_id}/interrupt")
+        assert interrupted.status_code == 204, interrupted.text
+        reply, _ = await channels.outcome(looping)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert await channels.run("x") == "42"
+        restarted = await asyncio.to_thread(lab.api, "POST", f"/api/kernels/{kernel_id}/restart")
+        assert restarted.status_code == 200 and restarted.json()["id"] == kernel_id, restarted.text
+        assert await channels.run("'x' in globals()") == "False"
     finally:
-        await close(conn)
-
-
-async def close(conn) -> None:
-    """Close and wait for the closing handshake, so the socket is closed before its loop is."""
-    conn.close()
-    while await asyncio.wait_for(conn.read_message(), 10) is not None:
-        pass
+        await channels.close()
 
 
 def test_jupyter_server_in_gateway_mode_runs_code_in_a_kernelcube_sandbox(tmp_path):
@@ -90,8 +124,7 @@ def test_jupyter_server_in_gateway_mode_runs_code_in_a_kernelcube_sandbox(tmp_pa
         # jupyter_server's kernel is KernelCube's session, with the same id.
         assert requests.get(f"{gateway.url}/v1/sessions/{kernel_id}", timeout=30,
                             headers={"Authorization": f"token {TOKEN}"}).status_code == 200
-        result = asyncio.run(_execute(lab.url, kernel_id, "import os; (os.getuid(), 6 * 7)"))
-        assert result["content"]["data"]["text/plain"] == "(1000, 42)"
+        asyncio.run(_notebook_session(lab, kernel_id))
         assert lab.api("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
         assert requests.get(f"{gateway.url}/v1/sessions/{kernel_id}", timeout=30,
                             headers={"Authorization": f"token {TOKEN}"}).status_code == 404
