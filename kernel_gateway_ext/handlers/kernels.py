@@ -16,6 +16,7 @@ from .base import GatewayError, GatewayHandler
 from .execute import kernel_action
 
 LOGO = "logo-64x64.png"
+NATIVE_KERNEL = "python3"
 # PicoD's kernel states as Jupyter execution states (busy/idle reach clients on iopub)
 KERNEL_STATES = {"ready": "idle", "starting": "starting", "restarting": "restarting", "dead": "dead", "failed": "dead"}
 
@@ -43,6 +44,10 @@ class KernelsFace(GatewayHandler):
     def code_interpreters(self) -> dict:
         return {name: t for name, t in self.sessions.templates.items() if t.kind == "code-interpreter"}
 
+    def default_kernelspec(self) -> str:
+        specs = self.code_interpreters()
+        return "default" if "default" in specs else next(iter(specs), "")
+
     def model(self, record, state: str = "idle") -> dict:
         return {"id": record.session_id, "name": record.template, "last_activity": timestamp(record.last_activity),
                 "execution_state": state, "connections": self.gateway.kernel_connections.get(record.session_id, 0)}
@@ -68,8 +73,8 @@ class KernelsFace(GatewayHandler):
 class KernelSpecsHandler(KernelsFace):
     def get(self) -> None:
         specs = self.code_interpreters()
-        default = "default" if "default" in specs else next(iter(specs), "")
-        self.write_json({"default": default, "kernelspecs": {name: kernelspec(t) for name, t in specs.items()}})
+        self.write_json({"default": self.default_kernelspec(),
+                         "kernelspecs": {name: kernelspec(t) for name, t in specs.items()}})
 
 
 class KernelSpecHandler(KernelsFace):
@@ -103,6 +108,10 @@ class KernelsHandler(KernelsFace):
             launch = parse_launch(self.json_body(required=False), self.gateway.claim_timeout)
         except BadLaunch as exc:
             raise GatewayError(400, "BAD_REQUEST", str(exc)) from None
+        if launch.name == NATIVE_KERNEL and NATIVE_KERNEL not in self.code_interpreters():
+            # What GatewayKernelManager (nbclient, papermill) asks for whatever the notebook says,
+            # and what notebooks written on a laptop name: the default kernel serves it.
+            launch.name = self.default_kernelspec()
         if launch.name not in self.code_interpreters():
             raise GatewayError(404, "NOT_FOUND", f"no kernelspec {launch.name!r}; known: {sorted(self.code_interpreters())}")
         record = await self.sessions.create(launch.name, timeout=launch.timeout, session_id=launch.kernel_id)

@@ -10,6 +10,8 @@ import base64
 import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -117,3 +119,21 @@ def test_agent_session_file_is_read_back_through_the_files_api(gateway, ws_url):
 def test_long_running_is_interrupted_and_keeps_its_state(gateway, ws_url):
     nb = execute(gateway, ws_url, "long-running.ipynb")
     assert "interrupted after" in text(nb) and "sum of the first" in text(nb) and "step 5/5 done" in text(nb)
+
+
+def test_papermill_as_the_readme_shows(gateway, ws_url, tmp_path):
+    """papermill with parameters, configured by environment variables only, as in the README."""
+    script = f"""
+import papermill
+papermill.execute_notebook(
+    {os.path.join(NOTEBOOKS, "agent-session.ipynb")!r}, {str(tmp_path / "out.ipynb")!r},
+    parameters={{"limit": 100}},
+    kernel_manager_class="jupyter_server.gateway.managers.GatewayKernelManager")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_GATEWAY_", "KERNEL_"))}
+    env.update(JUPYTER_GATEWAY_URL=gateway.url, JUPYTER_GATEWAY_WS_URL=ws_url,
+               JUPYTER_GATEWAY_AUTH_TOKEN=HEADERS["Authorization"].split()[1])
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nb = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert '"limit": 100' in text(nb) and '"count": 25' in text(nb)
