@@ -1,6 +1,7 @@
 # KernelCube: `make run` starts the gateway, `make test` runs the whole suite. Each installs what
 # it needs and is missing first (system packages when running as root, then the virtualenvs):
-# `make run` only what running needs; `make test`, `make lint` and `make bench` add the dev tools.
+# `make run` only what running needs; `make test`, `make lint` and `make bench` add the dev tools,
+# and `make bench` the baselines it measures against (the stock Kernel Gateway, nbclient).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install install-run install-dev system-deps-run system-deps-dev run test bench lint clean
+.PHONY: install install-run install-dev install-bench system-deps-run system-deps-dev run test bench lint clean
 
 # Everything: what running needs, plus the tests' and the linters' dependencies.
 install: install-dev
@@ -19,6 +20,8 @@ install: install-dev
 install-run: system-deps-run $(VENV)/.installed-run $(SANDBOX_VENV)/.installed
 
 install-dev: install-run system-deps-dev $(VENV)/.installed-dev
+
+install-bench: install-dev $(VENV)/.installed-bench
 
 # apt packages, installed only when missing and we are root: sandboxes need bubblewrap; the
 # tests also need redis-server (a real one, for the Redis session store).
@@ -54,6 +57,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed-run setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed-dev setup.cfg pyproject.toml
+	$(PY) -m pip install -q -e '.[bench]'
+	@touch $@
+
 $(SANDBOX_VENV)/.installed: sandbox-requirements.txt
 	@test -x $(SANDBOX_VENV)/bin/python || $(PYTHON) -m venv $(SANDBOX_VENV)
 	$(SANDBOX_VENV)/bin/python -m pip install -q --upgrade pip
@@ -66,7 +73,7 @@ run: install-run
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-dev
+bench: install-bench
 	$(PY) -m bench
 
 lint: install-dev

@@ -34,9 +34,10 @@ CONCURRENT = 50
 THROUGHPUT_SECONDS = 10.0
 
 
-def start_gateway(state_dir: str, pool_size: int, max_sandboxes: int = 64) -> ServerProcess:
+def start_gateway(state_dir: str, pool_size: int, max_sandboxes: int = 64, token: str = TOKEN) -> ServerProcess:
+    """`token` empty: auth off, and the gateway then listens on loopback only."""
     kernelcube = os.path.join(os.path.dirname(sys.executable), "kernelcube")
-    argv = [kernelcube, "--ip", "127.0.0.1", "--port", str(free_port()), "--token", TOKEN,
+    argv = [kernelcube, "--ip", "127.0.0.1", "--port", str(free_port()), "--token", token,
             "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON, "--pool-size", str(pool_size),
             "--max-sandboxes", str(max_sandboxes), "--KernelCubeApp.max_parallel_starts=4",
             "--ServerApp.log_level=WARN", "--KernelCubeApp.log_level=INFO"]

@@ -24,13 +24,14 @@ def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> list[float]:
     return samples
 
 
-def summary(samples: list[float]) -> str:
-    return (f"p50 {statistics.median(samples):7.2f} ms  p90 {percentile(samples, 90):7.2f} ms  "
-            f"p99 {percentile(samples, 99):7.2f} ms  (n={len(samples)})")
+def summary(samples: list[float], quantiles: tuple[int, ...] = (90, 99)) -> str:
+    tails = "".join(f"p{q} {percentile(samples, q):7.2f} ms  " for q in quantiles)
+    return f"p50 {statistics.median(samples):7.2f} ms  {tails}(n={len(samples)})"
 
 
-def report(label: str, samples: list[float], baseline: list[float] | None = None, goal: float | None = None) -> None:
-    line = f"  {label:<44} {summary(samples)}"
+def report(label: str, samples: list[float], baseline: list[float] | None = None, goal: float | None = None,
+           quantiles: tuple[int, ...] = (90, 99)) -> None:
+    line = f"  {label:<44} {summary(samples, quantiles)}"
     if baseline:
         ratio = statistics.median(samples) / statistics.median(baseline)
         line += f"  ratio {ratio:.2f}x"
