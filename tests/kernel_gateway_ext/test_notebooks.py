@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -121,19 +122,21 @@ def test_long_running_is_interrupted_and_keeps_its_state(gateway, ws_url):
     assert "interrupted after" in text(nb) and "sum of the first" in text(nb) and "step 5/5 done" in text(nb)
 
 
-def test_papermill_as_the_readme_shows(gateway, ws_url, tmp_path):
-    """papermill with parameters, configured by environment variables only, as in the README."""
-    script = f"""
-import papermill
-papermill.execute_notebook(
-    {os.path.join(NOTEBOOKS, "agent-session.ipynb")!r}, {str(tmp_path / "out.ipynb")!r},
-    parameters={{"limit": 100}},
-    kernel_manager_class="jupyter_server.gateway.managers.GatewayKernelManager")
-"""
+def readme_python_block(containing: str) -> str:
+    with open(os.path.join(REPO, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    return next(block for block in blocks if containing in block)
+
+
+def test_papermill_and_nbclient_as_the_readme_shows(gateway, ws_url, tmp_path):
+    """The README's Python example, as written, configured by environment variables only."""
+    os.symlink(os.path.join(REPO, "examples"), tmp_path / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_GATEWAY_", "KERNEL_"))}
     env.update(JUPYTER_GATEWAY_URL=gateway.url, JUPYTER_GATEWAY_WS_URL=ws_url,
                JUPYTER_GATEWAY_AUTH_TOKEN=HEADERS["Authorization"].split()[1])
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", readme_python_block("papermill.execute_notebook")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     nb = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
     assert '"limit": 100' in text(nb) and '"count": 25' in text(nb)
+    assert requests.get(f"{gateway.url}/api/kernels", headers=HEADERS, timeout=30).json() == []
