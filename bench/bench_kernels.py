@@ -7,8 +7,8 @@
 - a 20-cell notebook through nbclient and `GatewayKernelManager` against nbclient with a local
   ipykernel, start and shutdown included.
 
-The KernelCube gateway runs without a token (loopback only): nbclient's gateway WebSocket sends
-no Authorization header.
+The KernelCube gateway runs as deployed, with a token; nbclient's header-less gateway WebSocket
+gets a channels capability in its `ws_url`, as the README tells users.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from jupyter_client.session import Session
 from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.gateway.managers import GatewayKernelManager
 from nbclient import NotebookClient
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 from traitlets.config import Config
 
-from bench.bench_gateway import Client, start_gateway, wait_pool
+from bench.bench_gateway import HEADERS, TOKEN, Client, start_gateway, wait_pool
 from bench.stats import report
 from tests.support.processes import ServerProcess
 from tests.support.redis import free_port
@@ -49,6 +49,7 @@ CELLS = [f"x = {i} ** 2\nprint(x)\nx + 1" for i in range(20)]
 EXECUTE = {"code": "1+1", "silent": False, "store_history": True, "user_expressions": {},
            "allow_stdin": False, "stop_on_error": True}
 SESSION = Session(username="bench")
+AUTH = {"Authorization": HEADERS["Authorization"]}
 
 
 def is_reply(msg: dict, msg_id: str, msg_type: str) -> bool:
@@ -72,14 +73,16 @@ async def request(conn: WebSocketClientConnection, msg_type: str, content: dict,
 
 
 async def open_channels(url: str, kernel_id: str) -> WebSocketClientConnection:
-    conn = await websocket_connect(f"ws{url.removeprefix('http')}/api/kernels/{kernel_id}/channels")
+    conn = await websocket_connect(HTTPRequest(f"ws{url.removeprefix('http')}/api/kernels/{kernel_id}/channels",
+                                               headers=AUTH))
     conn.protocol.set_nodelay(True)  # type: ignore[union-attr]  # else Nagle, not the server, sets the pace
     return conn
 
 
 async def start_kernel(url: str, name: str) -> tuple[str, WebSocketClientConnection]:
     """POST /api/kernels, open its channels, and wait for its kernel_info_reply there."""
-    response = await AsyncHTTPClient().fetch(f"{url}/api/kernels", method="POST", body=json.dumps({"name": name}))
+    response = await AsyncHTTPClient().fetch(f"{url}/api/kernels", method="POST", body=json.dumps({"name": name}),
+                                             headers=AUTH)
     kernel_id = json.loads(response.body)["id"]
     conn = await open_channels(url, kernel_id)
     await request(conn, "kernel_info_request", {}, until="kernel_info_reply")
@@ -88,7 +91,7 @@ async def start_kernel(url: str, name: str) -> tuple[str, WebSocketClientConnect
 
 async def delete_kernel(url: str, kernel_id: str, conn: WebSocketClientConnection) -> None:
     conn.close()
-    await AsyncHTTPClient().fetch(f"{url}/api/kernels/{kernel_id}", method="DELETE")
+    await AsyncHTTPClient().fetch(f"{url}/api/kernels/{kernel_id}", method="DELETE", headers=AUTH)
 
 
 def ipc_config(directory: str) -> Config:
@@ -174,23 +177,22 @@ def notebook_seconds(client_args: dict, start_args: dict) -> float:
     return elapsed
 
 
-def via_kernelcube(url: str) -> float:
-    """nbclient on GatewayKernelManager, configured as a user would (GatewayClient's singleton).
-    It posts kernel name `python3` unless told: KernelCube's kernelspec is `default`."""
+def via_kernelcube(url: str, ws_url: str) -> float:
+    """nbclient on GatewayKernelManager, configured as a user would (GatewayClient's singleton)."""
     with mock.patch.dict(os.environ):  # the gateway client writes KERNEL_LAUNCH_TIMEOUT there
-        GatewayClient.instance(url=url)
+        GatewayClient.instance(url=url, ws_url=ws_url, auth_token=TOKEN)
         try:
-            return notebook_seconds({"kernel_manager_class": GatewayKernelManager}, {"kernel_name": "default"})
+            return notebook_seconds({"kernel_manager_class": GatewayKernelManager}, {})
         finally:
             GatewayClient.clear_instance()
 
 
-def notebooks(url: str, pool_ready: Callable[[], object]) -> tuple[list[float], list[float]]:
+def notebooks(url: str, ws_url: str, pool_ready: Callable[[], object]) -> tuple[list[float], list[float]]:
     """Seconds per notebook, KernelCube and local in turn, each on an idle machine with a full pool."""
     via_gateway, local = [], []
     for _ in range(NOTEBOOK_RUNS):
         pool_ready()
-        via_gateway.append(via_kernelcube(url))
+        via_gateway.append(via_kernelcube(url, ws_url))
         pool_ready()
         with tempfile.TemporaryDirectory(prefix="kcb-kernel-") as tmp:
             local.append(notebook_seconds({"kernel_name": "python3", "config": ipc_config(tmp)}, {}))
@@ -199,7 +201,7 @@ def notebooks(url: str, pool_ready: Callable[[], object]) -> tuple[list[float], 
 
 def run() -> None:
     with tempfile.TemporaryDirectory(prefix="kcb-") as state_dir, contextlib.ExitStack() as stack:
-        gateway = start_gateway(state_dir, pool_size=POOL, token="")
+        gateway = start_gateway(state_dir, pool_size=POOL)
         stack.callback(gateway.stop)
         client = Client(gateway.url)
 
@@ -223,7 +225,8 @@ def run() -> None:
             report("KernelCube warm-pool start (goal p95<300)", warm, cold, quantiles=(95,))
 
         print(f"  -- a {len(CELLS)}-cell notebook through nbclient, {NOTEBOOK_RUNS} runs each", flush=True)
-        gateway_s, local_s = notebooks(gateway.url, pool_ready)
+        ws_url = client.call("POST", "/api/capabilities/channels", {"ttl": 600})["ws_url"]
+        gateway_s, local_s = notebooks(gateway.url, ws_url, pool_ready)
         for label, runs in (("nbclient, local ipykernel (baseline)", local_s),
                             ("nbclient, KernelCube GatewayKernelManager", gateway_s)):
             print(f"  {label:<44} median {statistics.median(runs):6.2f} s  "
