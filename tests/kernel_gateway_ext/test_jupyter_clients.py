@@ -6,16 +6,13 @@ runs code in it, is interrupted and restarted through it, and is shut down throu
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
-import uuid
 
 import pytest
 import requests
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
+from tests.support.channels import KernelChannels
 from tests.support.gateway import TOKEN, Gateway
 from tests.support.processes import ServerProcess
 from tests.support.redis import free_port
@@ -41,58 +38,11 @@ class JupyterServer(ServerProcess):
                                 timeout=60, **kwargs)
 
 
-class LabChannels:
-    """A notebook's channels WebSocket to jupyter_server, which relays it to KernelCube."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    @classmethod
-    async def open(cls, url: str, kernel_id: str) -> LabChannels:
-        request = HTTPRequest(f"{url.replace('http', 'ws')}/api/kernels/{kernel_id}/channels?session_id=lab-session",
-                              headers={"Authorization": f"token {LAB_TOKEN}"})
-        return cls(await websocket_connect(request))
-
-    def send(self, code: str) -> str:
-        msg_id = uuid.uuid4().hex
-        self.conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "lab", "session": "s",
-                       "date": "2026-01-01T00:00:00Z", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "content": {"code": code, "silent": False}, "channel": "shell"}))
-        return msg_id
-
-    async def outcome(self, msg_id: str, timeout: float = 60) -> tuple[dict, str | None]:
-        """The execute_reply's content and the text/plain result, if any."""
-        async def read() -> tuple[dict, str | None]:
-            result = None
-            while True:
-                raw = await self.conn.read_message()
-                assert raw is not None, "the channels WebSocket closed"
-                msg = json.loads(raw)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "execute_result":
-                    result = msg["content"]["data"]["text/plain"]
-                elif msg["msg_type"] == "execute_reply":
-                    return msg["content"], result
-        return await asyncio.wait_for(read(), timeout)
-
-    async def run(self, code: str) -> str | None:
-        reply, result = await self.outcome(self.send(code))
-        assert reply["status"] == "ok", reply
-        return result
-
-    async def close(self) -> None:
-        """Close and wait for the closing handshake, so the socket is closed before its loop is."""
-        self.conn.close()
-        while await asyncio.wait_for(self.conn.read_message(), 10) is not None:
-            pass
-
-
 async def _notebook_session(lab: JupyterServer, kernel_id: str) -> None:
     """Code runs in the sandbox; an endless loop is interrupted and the variables stay; a
     restart keeps the kernel id and the WebSocket but clears the variables."""
-    channels = await LabChannels.open(lab.url, kernel_id)
+    channels = await KernelChannels.open(f"{lab.url}/api/kernels/{kernel_id}/channels?session_id=lab-session",
+                                          {"Authorization": f"token {LAB_TOKEN}"})
     try:
         assert await channels.run("import os; x = 6 * 7; (os.getuid(), x)") == "(1000, 42)"
         looping = channels.send("while True: pass")

@@ -4,6 +4,7 @@ gateway was down is cleaned; a Redis outage answers 503 and the gateway recovers
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from kernel_gateway_ext.providers.local import sandboxes_root
+from tests.support.channels import KernelChannels
 from tests.support.gateway import HEADERS, Gateway
 from tests.support.redis import RedisServer, free_port
 
@@ -79,6 +81,35 @@ def _sandbox_of(redis_server: RedisServer, session_id: str) -> str:
 def _kill_picod(sandbox_dir: str) -> None:
     with open(os.path.join(sandbox_dir, "sandbox.json")) as f:
         os.kill(picod_pid(json.load(f)["handle"]["pid"]), signal.SIGKILL)
+
+
+def test_a_kernel_outlives_a_gateway_restart_with_its_variables(tmp_path, redis_server):
+    """A notebook's kernel, after the gateway restarts: the same id answers on a new channels
+    socket (as jupyter_server re-dials) with its variables, and REST sees it alive."""
+    state_dir, port = str(tmp_path / "state"), free_port()
+
+    async def run(gateway: Gateway, kernel_id: str, code: str) -> str | None:
+        channels = await KernelChannels.open(f"{gateway.url}/api/kernels/{kernel_id}/channels?session_id=nb", HEADERS)
+        try:
+            return await channels.run(code)
+        finally:
+            await channels.close()
+
+    first = Gateway(state_dir, port, redis_url=redis_server.url)
+    try:
+        kernel_id = requests.post(f"{first.url}/api/kernels", json={"name": "default"}, headers=HEADERS,
+                                  timeout=60).json()["id"]
+        assert asyncio.run(run(first, kernel_id, "rows = [1, 2, 3]; len(rows)")) == "3"
+    finally:
+        assert first.stop() == 0, first.log
+    second = Gateway(state_dir, port, redis_url=redis_server.url)
+    try:
+        model = requests.get(f"{second.url}/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).json()
+        assert model["execution_state"] == "idle", model
+        assert asyncio.run(run(second, kernel_id, "sum(rows)")) == "6"
+        assert requests.delete(f"{second.url}/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).status_code == 204
+    finally:
+        assert second.stop() == 0, second.log
 
 
 def test_a_double_interrupt_still_leaves_nothing_running(tmp_path):
