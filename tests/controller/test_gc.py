@@ -9,6 +9,7 @@ against the real writer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -199,3 +200,19 @@ async def test_stale_index_entries_are_pruned(cluster, gc_controller, store):
     report = await ctl.gc.run_pass()
     assert report.stale_index == 1
     assert await store._redis.zrange("session:expiry", 0, -1) == []
+
+
+@pytest.mark.asyncio
+async def test_only_the_leader_collects(cluster, gc_controller, store):
+    election = dict(leader_election=True, lease_duration=1.0, renew_deadline=0.7,
+                    retry_period=0.1, lease_namespace=h.NS, gc_interval=0.05)
+    first = await gc_controller(identity="first", **election)
+    second = await gc_controller(wait=False, identity="second", **election)
+    await store.create(record("old", age=2 * HOUR, ttl=HOUR, name="c-old"))
+    await h.wait_for(lambda: first.gc.passes > 0, 5, "the leader's passes")
+    assert second.gc is None and await store.get("old") is None
+    await first.close()
+    await asyncio.wait_for(second.leading.wait(), 3)
+    await store.create(record("older", age=2 * HOUR, ttl=HOUR, name="c-older"))
+    await h.wait_for(lambda: second.gc is not None and second.gc.passes > 0, 5, "standby took over")
+    assert first.gc is None and await store.get("older") is None
