@@ -6,6 +6,7 @@ the Prometheus Operator's ServiceMonitor against the fields it needs. Any other 
 from __future__ import annotations
 
 import copy
+import json
 from functools import cache
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
 
 def problems(doc: dict) -> list[str]:
     """Why `doc` would be refused (empty when it is valid)."""
+    return list(_problems(json.dumps(doc, sort_keys=True)))
+
+
+@cache
+def _problems(canonical: str) -> tuple[str, ...]:
+    # Scenarios render many identical objects: each distinct one is validated once.
+    return tuple(_check(json.loads(canonical)))
+
+
+def _check(doc: dict) -> list[str]:
     kind, api = doc.get("kind"), doc.get("apiVersion")
     where = f"{kind} {doc.get('metadata', {}).get('name')}"
     if api in CORE_GROUPS:
