@@ -21,9 +21,9 @@ GATEWAY, CONTROLLER = f"{FULL}-gateway", f"{FULL}-controller"
 
 # Settings the chart passes that the other branches of issue 9 had not added yet when it was
 # written. Each must either be accepted by the component by now or still be listed here.
-ASSUMED_CONTROLLER_FLAGS = {"--redis-url", "--gc-interval", "--identity-namespace",
-                            "--no-agent-sandbox"}
-ASSUMED_GATEWAY_ENV = {"KERNELCUBE_NAMESPACES", "KERNELCUBE_IDENTITY_NAMESPACE"}
+ASSUMED_CONTROLLER_FLAGS = {"--no-agent-sandbox"}
+ASSUMED_GATEWAY_ENV = {"KERNELCUBE_NAMESPACES", "KERNELCUBE_IDENTITY_NAMESPACE",
+                       "KERNELCUBE_IN_CLUSTER"}
 
 
 def container(deployment: dict) -> dict:
@@ -95,6 +95,7 @@ def test_the_gateway_runs_the_kubernetes_backend_with_token_redis_and_probes(doc
         f"redis://:$(REDIS_PASSWORD)@{FULL}-redis:6379/0"
     assert env["KERNELCUBE_IDENTITY_NAMESPACE"]["value"] == NAMESPACE
     assert env["KERNELCUBE_NAMESPACES"]["value"] == NAMESPACE
+    assert env["KERNELCUBE_IN_CLUSTER"]["value"] == "true"
     assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
     assert c["ports"] == [{"name": "http", "containerPort": 8888, "protocol": "TCP"}]
@@ -156,6 +157,8 @@ def test_controller_command_line_parses_with_the_controllers_parser(render):
         args, unknown = build_parser().parse_known_args(c["args"])
         assert {u.split("=", 1)[0] for u in unknown} <= ASSUMED_CONTROLLER_FLAGS, unknown
         assert args.in_cluster is True
+        assert args.identity_namespace == NAMESPACE and args.gc_interval == 15
+        assert env_of(c)["KERNELCUBE_REDIS_URL"]["value"].endswith("6379/0")
         if values.get("controller"):
             assert args.leader_election is False
         else:
@@ -194,13 +197,15 @@ def test_rbac_is_namespaced_unless_every_namespace_is_served(render):
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
                                             "namespace": NAMESPACE}]
         one(docs, "NetworkPolicy", f"{FULL}-sandboxes", ns)
+    env = env_of(container(one(docs, "Deployment", GATEWAY)))
+    assert env["KERNELCUBE_NAMESPACES"]["value"] == "team-a,team-b"
     assert not find(docs, "Role", GATEWAY, NAMESPACE)  # not served, so no rights there
     everywhere = render({"sandboxNamespaces": {"all": True}})
     assert {r["metadata"]["name"] for r in find(everywhere, "ClusterRole")} == {GATEWAY,
                                                                                 CONTROLLER}
     assert not find(everywhere, "Role", GATEWAY)
     env = env_of(container(one(everywhere, "Deployment", GATEWAY)))
-    assert env["KERNELCUBE_NAMESPACES"]["value"] == ""
+    assert env["KERNELCUBE_NAMESPACES"]["value"] == NAMESPACE  # the gateway serves `list`
     args = container(one(everywhere, "Deployment", CONTROLLER))["args"]
     assert not [a for a in args if a.startswith("--namespace=")]
 
