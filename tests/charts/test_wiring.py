@@ -366,3 +366,46 @@ def test_gateway_command_line_is_accepted_by_kernelcube(docs):
                          ids=lambda p: p.name)
 def test_templates_carry_no_hard_coded_namespace(path):
     assert not re.search(r"^\s*namespace: [a-z]", path.read_text(), re.MULTILINE), path.name
+
+
+@pytest.fixture(scope="module")
+def notes(helm, render, tmp_path_factory):
+    """notes(values) -> (NOTES.txt as Helm would print it, the manifests). `helm template`
+    skips NOTES.txt, so a copy of the chart renders it as a value of a manifest."""
+    import shutil
+
+    chart = tmp_path_factory.mktemp("notes") / "kernelcube"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "notes.src")
+    (chart / "templates" / "notes.yaml").write_text(
+        'notes: |\n{{ tpl (.Files.Get "notes.src") . | indent 2 }}\n')
+    tmp = tmp_path_factory.mktemp("notes-values")
+
+    def run(values: dict) -> tuple[str, list[dict]]:
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        out = helm("template", "kc", str(chart), "--namespace", NAMESPACE, "--values", str(path),
+                   "--show-only", "templates/notes.yaml")
+        return yaml.safe_load(out)["notes"], render(values)
+
+    return run
+
+
+@pytest.mark.parametrize("values", [{}, {"gateway": {
+    "auth": {"existingSecret": "mine", "secretKey": "k"}, "service": {"type": "NodePort"}}}])
+def test_notes_name_the_token_secret_and_the_service_that_exist(notes, values):
+    text, docs = notes(values)
+    secret = re.search(r"kubectl get secret -n (\S+) (\S+) \\\s+-o jsonpath='\{\.data\.(\w+)\}'",
+                       text)
+    assert secret, text
+    ns, name, key = secret.groups()
+    assert ns == NAMESPACE
+    if name != "mine":
+        assert key in one(docs, "Secret", name)["data"]
+    else:
+        assert key == "k"
+    service = re.search(r"(?:svc/|get svc -n \S+ )(\S+)", text).group(1)
+    one(docs, "Service", service, NAMESPACE)
+    for deployment in re.findall(r"deploy/(\S+)", text):
+        one(docs, "Deployment", deployment)
+    assert "/v1/execute" in text and "CodeInterpreterClient" in text
