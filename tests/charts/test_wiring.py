@@ -21,7 +21,7 @@ GATEWAY, CONTROLLER = f"{FULL}-gateway", f"{FULL}-controller"
 
 # Settings the chart passes that the other branches of issue 9 had not added yet when it was
 # written. Each must either be accepted by the component by now or still be listed here.
-ASSUMED_CONTROLLER_FLAGS = {"--no-agent-sandbox"}
+ASSUMED_CONTROLLER_FLAGS: set[str] = set()
 ASSUMED_GATEWAY_ENV = {"KERNELCUBE_NAMESPACES", "KERNELCUBE_IDENTITY_NAMESPACE",
                        "KERNELCUBE_IN_CLUSTER"}
 
