@@ -95,6 +95,9 @@ class Relay:
                     self._iopub_answered.set()
                 continue
             self.emit(out)
+            # A burst of queued messages would otherwise be relayed in one go: let other
+            # connections run, and let this one's flushed writes be counted (see Outbox).
+            await asyncio.sleep(0)
 
     async def _settle(self, announce: bool) -> None:
         """Hold the client's messages until this relay's iopub answers: a new (or reconnecting)

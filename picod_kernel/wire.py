@@ -21,11 +21,12 @@ import uuid
 CLIENT_CHANNELS = ("shell", "control", "stdin")  # where a client may send; iopub is the kernel's
 PROTOCOL_VERSION = "5.3"
 
-# Close codes PicoD uses when the kernel is fine and only this connection ends; any other end
-# of PicoD's socket means the sandbox (or its daemon) is gone.
+# Close codes with which PicoD ends one connection on purpose while the kernel lives on; any
+# other end of PicoD's socket (1006: the connection was lost) means the sandbox is gone.
+CLOSE_NORMAL = 1000  # e.g. its ping went unanswered (a client stalled for a long time)
 CLOSE_TOO_SLOW = 1008  # the client left too much unread (policy violation)
 CLOSE_REPLACED = 4000  # the same client session connected again
-KERNEL_LIVES = (CLOSE_TOO_SLOW, CLOSE_REPLACED)
+KERNEL_LIVES = (CLOSE_NORMAL, CLOSE_TOO_SLOW, CLOSE_REPLACED)
 
 
 class MalformedFrame(ValueError):

@@ -89,7 +89,10 @@ async def closed(conn, timeout: float = WAIT) -> list[dict]:
 async def close(conn) -> list[dict]:
     """Close and wait for the closing handshake, so the socket is closed before its loop is;
     the messages that were on their way meanwhile."""
+    ended = conn.protocol is None or conn.protocol.stream.closed()
     conn.close()
+    if ended:
+        return []  # closed already: nothing more will come
     late = []
     try:
         while (raw := await asyncio.wait_for(conn.read_message(), 10)) is not None:
