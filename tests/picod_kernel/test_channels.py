@@ -4,7 +4,7 @@ bound, with a marker), a fresh relay for clients without a session id, another s
 discarding what was kept, a slow reader's output dropped with a marker and a reader that never
 reads closed at the hard cap, malformed frames answered without closing, a kernel death
 announced on the socket, `input()` reaching the client that asked, and TCP_NODELAY on the
-gateway's leg."""
+gateway's leg, and the bounds as flags."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import socket
+import subprocess
 import time
 import uuid
 
@@ -21,6 +22,8 @@ from tornado.websocket import websocket_connect
 
 from kernel_gateway_ext.picod_client import PicodClient
 from picod_kernel import wire
+from picod_kernel.app import build_parser
+from picod_kernel.outbox import ChannelLimits
 from tests.support.channels import (
     ECHO_TARGET,
     close,
@@ -34,8 +37,7 @@ from tests.support.channels import (
     text,
     until,
 )
-
-pytestmark = pytest.mark.asyncio
+from tests.support.processes import python_argv
 
 
 def connect(picod, session_id: str | None = None):
@@ -62,6 +64,7 @@ def wait_for_log(picod, pattern: str, timeout: float = 60.0) -> None:
     wait_until(lambda: re.search(pattern, picod.log), timeout)
 
 
+@pytest.mark.asyncio
 async def test_buffers_pass_both_ways(picod):
     conn = await connect(picod)
     try:
@@ -102,6 +105,7 @@ async def _settled(conn) -> None:
         idle = idle or is_idle_after(msg_id)(msg)
 
 
+@pytest.mark.asyncio
 async def test_replay_after_reconnect_with_the_same_session(fresh_picod):
     picod = fresh_picod()
     watcher = await connect(picod)  # sees the cell end, so the test waits on that, not on time
@@ -126,6 +130,7 @@ async def test_replay_after_reconnect_with_the_same_session(fresh_picod):
         await close(watcher)
 
 
+@pytest.mark.asyncio
 async def test_replay_is_bounded_and_says_what_it_dropped(fresh_picod):
     picod = fresh_picod("--channels-replay-messages", "5")
     watcher = await connect(picod)
@@ -150,7 +155,9 @@ async def test_replay_is_bounded_and_says_what_it_dropped(fresh_picod):
         dropped = 14 - len(late) - 5
         assert f"{dropped} message(s) were dropped while no client was connected" in marker["content"]["text"]
         assert marker["parent_header"].get("msg_id") == msg_id
-        assert {m["msg_type"] for m in kept[1:]} >= {"execute_reply", "status"}
+        # the last 5 to arrive (the shell reply may overtake iopub output): ending with idle
+        assert all(m["parent_header"].get("msg_id") == msg_id for m in kept[1:])
+        assert is_idle_after(msg_id)([m for m in kept if m["channel"] == "iopub"][-1])
         shown = [int(m["content"]["data"]["text/plain"]) for m in kept[1:] if m["msg_type"] == "display_data"]
         assert shown == list(range(10))[-len(shown):]
     finally:
@@ -162,6 +169,7 @@ async def _printed(conn, code: str) -> str:
     return "".join(m["content"]["text"] for m in out if m["msg_type"] == "stream")
 
 
+@pytest.mark.asyncio
 async def test_one_kept_relay_per_kernel(fresh_picod):
     picod = fresh_picod()
     watcher = await connect(picod)
@@ -200,6 +208,7 @@ async def test_one_kept_relay_per_kernel(fresh_picod):
         await close(watcher)
 
 
+@pytest.mark.asyncio
 async def test_a_slow_reader_loses_output_not_replies(fresh_picod):
     picod = fresh_picod("--channels-soft-bytes", str(1 << 20))
     slow = await connect(picod)
@@ -225,6 +234,7 @@ async def test_a_slow_reader_loses_output_not_replies(fresh_picod):
         await close(slow)
 
 
+@pytest.mark.asyncio
 async def test_a_reader_that_never_reads_is_closed_at_the_hard_cap(fresh_picod):
     picod = fresh_picod("--channels-soft-bytes", "65536", "--channels-hard-bytes", str(1 << 20))
     stuck = await connect(picod)
@@ -242,6 +252,7 @@ async def test_a_reader_that_never_reads_is_closed_at_the_hard_cap(fresh_picod):
     assert picod.request("POST", "/api/run", json={"code": "6*7"}).json()["results"][0]["text/plain"] == "42"
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("frame", ["not json", "[1]", "42", '""', "{}", "", '{"header": {"msg_type": "x"}, "channel": "iopub"}',
                                    '{"header": {"msg_type": "x"}, "channel": "nope"}', '{"header": {"msg_type": "x"}, "buffers": ["%%"]}',
                                    b"\x00\x00\x00\x05abc", b"\x00\x00\x00\x02\x00\x00\x00\x10\x00\x00\x00\x0c{}", b"garbage bytes"])
@@ -257,6 +268,7 @@ async def test_malformed_frames_are_answered_and_the_socket_lives(picod, frame):
         await close(conn)
 
 
+@pytest.mark.asyncio
 async def test_kernel_death_is_announced_and_the_socket_carries_on(fresh_picod):
     picod = fresh_picod()
     conn = await connect(picod)
@@ -274,6 +286,7 @@ async def test_kernel_death_is_announced_and_the_socket_carries_on(fresh_picod):
         await close(conn)
 
 
+@pytest.mark.asyncio
 async def test_input_reaches_the_client_that_asked(picod):
     other = await connect(picod)
     conn = await connect(picod)
@@ -291,6 +304,7 @@ async def test_input_reaches_the_client_that_asked(picod):
         await close(other)
 
 
+@pytest.mark.asyncio
 async def test_the_gateway_leg_sets_tcp_nodelay(picod):
     client = PicodClient({"url": picod.url})
     try:
@@ -300,3 +314,15 @@ async def test_the_gateway_leg_sets_tcp_nodelay(picod):
         await upstream.close()
     finally:
         await client.close()
+
+
+def test_channel_bounds_are_flags_with_the_documented_defaults(keys):
+    defaults = build_parser().parse_args([])
+    assert ChannelLimits(defaults.channels_replay_bytes, defaults.channels_replay_messages,
+                         defaults.channels_soft_bytes, defaults.channels_hard_bytes) == ChannelLimits()
+    assert ChannelLimits() == ChannelLimits(8 << 20, 10_000, 8 << 20, 32 << 20)
+    refused = subprocess.run(python_argv("picod_kernel", "--port", "0", "--channels-hard-bytes", "10",
+                                         "--channels-soft-bytes", "20"),
+                             env={**os.environ, "PICOD_AUTH_PUBLIC_KEY": keys.public_pem},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--channels-hard-bytes" in refused.stderr
