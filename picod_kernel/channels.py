@@ -74,13 +74,18 @@ class ChannelsHandler(websocket.WebSocketHandler):
         self.set_nodelay(True)
         session_id = self.get_query_argument("session_id", "")[:MAX_SESSION_ID]
         label = f"channels ({'session ' + session_id if session_id else 'no session id'})"
-        self.outbox = Outbox(self._write, self.close, self.relays.limits, label)
+        self.outbox = Outbox(self._write, self._flushed, self.close, self.relays.limits, label)
         self.relay = self.relays.connect(self.outbox, session_id)
 
     def _write(self, frame: bytes, binary: bool):
         if self.ws_connection is None or self.ws_connection.is_closing():
             return None
         return self.write_message(frame, binary=binary)
+
+    def _flushed(self) -> bool:
+        connection = self.ws_connection
+        stream = getattr(connection, "stream", None)
+        return stream is None or not stream.writing()
 
     async def on_message(self, message) -> None:
         try:

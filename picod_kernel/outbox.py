@@ -134,10 +134,12 @@ class Backlog:
 
 class Outbox:
     """The way out to one connection. `write(frame, binary)` returns a future that resolves when
-    the bytes reached the socket (None when the connection is closed); `close(code, reason)`."""
+    the bytes reached the socket (None when the connection is closed); `flushed()` says whether
+    nothing written is left unsent; `close(code, reason)`."""
 
-    def __init__(self, write: Callable, close: Callable[[int, str], None], limits: ChannelLimits, label: str):
-        self._write_frame, self._close = write, close
+    def __init__(self, write: Callable, flushed: Callable[[], bool], close: Callable[[int, str], None],
+                 limits: ChannelLimits, label: str):
+        self._write_frame, self._all_flushed, self._close = write, flushed, close
         self.limits = limits
         self.label = label
         self.live = False  # False while a backlog is replayed: new messages queue behind it
@@ -145,6 +147,7 @@ class Outbox:
         self.pending = 0
         self.dropped = 0
         self._dropped_parent: dict = {}
+        self._epoch = 0  # bumped when pending is reset: older writes' callbacks no longer count
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -157,6 +160,7 @@ class Outbox:
         message should be kept for a reconnect instead."""
         if self.closed:
             return False
+        self._sync()
         if out.droppable and self.pending > self.limits.soft_bytes:
             self.dropped += 1
             self._dropped_parent = out.parent
@@ -173,6 +177,14 @@ class Outbox:
             self.closed = True
             self._close(code, reason)
 
+    def _sync(self) -> None:
+        """A burst of writes reaches the socket before their callbacks run (a loop iteration
+        later): when nothing is left unsent, nothing is pending, whatever the callbacks say."""
+        if self.pending and self._all_flushed():
+            self._epoch += 1
+            self.pending = 0
+            self._caught_up()
+
     def _write(self, out: Outgoing) -> bool:
         future = self._write_frame(out.frame, out.binary)
         if future is None:  # the client is closing: it will not read this
@@ -181,15 +193,19 @@ class Outbox:
         self.pending += out.size
         if self.pending > self._low_water:
             self._drained.clear()
-        future.add_done_callback(functools.partial(self._flushed, out.size))
+        future.add_done_callback(functools.partial(self._flushed, out.size, self._epoch))
         return True
 
-    def _flushed(self, size: int, future: asyncio.Future) -> None:
+    def _flushed(self, size: int, epoch: int, future: asyncio.Future) -> None:
         if not future.cancelled():
             future.exception()  # a closed connection is handled by its on_close, not here
+        if epoch != self._epoch:
+            return  # counted out by _sync already
         self.pending -= size
-        if self.pending > self._low_water:
-            return
+        if self.pending <= self._low_water:
+            self._caught_up()
+
+    def _caught_up(self) -> None:
         self._drained.set()
         if self.dropped and not self.closed:
             log.info("%s: the client caught up; %d output message(s) were dropped", self.label, self.dropped)

@@ -21,6 +21,7 @@ log = logging.getLogger("picod.channels")
 
 NUDGE_TRIES = 100
 NUDGE_WAIT = 0.1  # seconds for iopub to answer one kernel_info before asking again
+YIELD_EVERY = 100  # messages relayed in one go before other tasks get a turn
 
 
 class Relay:
@@ -82,6 +83,9 @@ class Relay:
     # -- the kernel ------------------------------------------------------------------------
 
     async def _read(self, channel: str, sock) -> None:
+        """Read as fast as the kernel writes: a lagging SUB socket loses messages at zmq's
+        high-water mark (a client would then wait forever for its `idle`)."""
+        relayed = 0
         while True:
             parts = await sock.recv_multipart()
             try:
@@ -95,9 +99,9 @@ class Relay:
                     self._iopub_answered.set()
                 continue
             self.emit(out)
-            # A burst of queued messages would otherwise be relayed in one go: let other
-            # connections run, and let this one's flushed writes be counted (see Outbox).
-            await asyncio.sleep(0)
+            relayed += 1
+            if relayed % YIELD_EVERY == 0:  # a long burst must not hold up other connections
+                await asyncio.sleep(0)
 
     async def _settle(self, announce: bool) -> None:
         """Hold the client's messages until this relay's iopub answers: a new (or reconnecting)
