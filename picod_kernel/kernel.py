@@ -199,11 +199,12 @@ class KernelBridge:
     def connection_info(self) -> dict:
         return self._km.get_connection_info(session=True)
 
-    def connect_channels(self) -> dict:
-        """Fresh sockets to the kernel's shell, control, stdin and iopub, for one relay."""
+    def connect_channels(self, identity: bytes | None = None) -> dict:
+        """Fresh sockets to the kernel's shell, control, stdin and iopub, for one relay (shell
+        and stdin must share an identity for input requests to reach the relay)."""
         km = self._km
-        return {"shell": km.connect_shell(), "control": km.connect_control(),
-                "stdin": km.connect_stdin(), "iopub": km.connect_iopub()}
+        return {"shell": km.connect_shell(identity=identity), "control": km.connect_control(identity=identity),
+                "stdin": km.connect_stdin(identity=identity), "iopub": km.connect_iopub()}
 
     @property
     def session(self):
