@@ -11,7 +11,10 @@ instead of the gateway's memory: the gateway holds at most aiohttp's reader buff
 message per connection.
 
 Lifetime: the socket holds no session (`use()`) between frames; traffic touches the session's
-activity, so an idle kernel is culled even with a client connected. When PicoD's socket ends
+activity, so an idle kernel is culled even with a client connected, and so does a busy kernel
+(iopub said `busy` and not yet `idle`) every BUSY_TOUCH_SECONDS, so a long silent cell with a
+client watching is not taken for an idle one (by this gateway's reaper, or by the Kubernetes
+controller's GC, which sees only the store). When PicoD's socket ends
 (the kernel's sandbox died, was culled or deleted), the client gets iopub `status: dead` and
 the socket closes.
 """
@@ -19,6 +22,7 @@ the socket closes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from urllib.parse import quote
@@ -38,6 +42,7 @@ log = logging.getLogger("kernelcube.channels")
 
 PING_SECONDS = 30  # clients never ping; nbclient gives up on a silent socket after 40 s
 TOUCH_SECONDS = 1.0  # at most one activity update per socket per second of traffic
+BUSY_TOUCH_SECONDS = 30.0  # a busy kernel's activity is renewed this often (idle timeouts are minutes)
 LAST_WORD_SECONDS = 5.0  # a client that does not read gets its final `dead` no longer than this
 MAX_SESSION_ID = 256
 CLOSE_GONE = 1001  # "going away": the kernel's sandbox is gone
@@ -50,6 +55,8 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
     upstream: aiohttp.ClientWebSocketResponse | None = None
     kernel_id: str | None = None
     _pump: asyncio.Task | None = None
+    _keepalive: asyncio.Task | None = None
+    _busy = False
 
     def check_xsrf_cookie(self) -> None:
         return None
@@ -107,6 +114,7 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
         connections = self.extensionapp.kernel_connections
         connections[self.kernel_id] = connections.get(self.kernel_id, 0) + 1
         self._pump = asyncio.ensure_future(self._from_kernel())
+        self._keepalive = asyncio.ensure_future(self._touch_while_busy())
 
     # -- kernel -> client ----------------------------------------------------------------
 
@@ -124,6 +132,7 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
                     log.warning("kernel %s: dropped an unreadable frame from the sandbox: %s", self.kernel_id, exc)
                     continue
                 await self.write_message(data, binary=binary)  # awaited: backpressure, see above
+                self._note_state(frame.data)
                 self._touch()
         except websocket.WebSocketClosedError:
             return  # the client left; on_close releases the upstream
@@ -167,6 +176,23 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
 
     # -- activity and end ----------------------------------------------------------------
 
+    def _note_state(self, data: str | bytes) -> None:
+        """Follow the kernel's iopub status. Status messages are small text frames; only those
+        (found by a substring, without parsing every frame) are parsed."""
+        if not isinstance(data, str) or '"execution_state"' not in data:
+            return
+        try:
+            state = json.loads(data)["content"]["execution_state"]
+        except (ValueError, KeyError, TypeError):
+            return
+        self._busy = state == "busy"
+
+    async def _touch_while_busy(self) -> None:
+        while True:
+            await asyncio.sleep(BUSY_TOUCH_SECONDS)
+            if self._busy:
+                await self._touch_store()
+
     def _touch(self) -> None:
         """Traffic is activity: move the session's idle deadline (throttled, in the background)."""
         now = time.monotonic()
@@ -188,8 +214,9 @@ class KernelChannelsHandler(ExtensionHandlerMixin, websocket.WebSocketHandler, J
             connections[self.kernel_id] -= 1
             if connections[self.kernel_id] <= 0:
                 del connections[self.kernel_id]
-        if self._pump is not None:
-            self._pump.cancel()
+        for task in (self._pump, self._keepalive):
+            if task is not None:
+                task.cancel()
         if self.upstream is not None:
             self._closing = asyncio.ensure_future(self.upstream.close())
 

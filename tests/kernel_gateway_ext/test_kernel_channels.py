@@ -23,6 +23,7 @@ from jupyter_server.services.kernels.connection.base import (
     serialize_msg_to_ws_v1,
 )
 
+from kernel_gateway_ext.handlers import channels
 from kernel_gateway_ext.handlers.channel_framing import V1_PROTOCOL
 from tests.support.channels import (
     ECHO_TARGET,
@@ -300,5 +301,27 @@ async def test_restart_keeps_the_socket(jp_fetch, jp_ws_fetch, gateway):
             states.append((await until(conn, lambda m: m["msg_type"] == "status"))["content"]["execution_state"])
         assert states.index("restarting") < len(states) - 1
         assert result_of(await run(conn, "'kept' in globals()")) == "False"
+    finally:
+        await close(conn)
+
+
+async def test_a_busy_kernel_with_a_client_is_not_taken_for_an_idle_one(jp_fetch, jp_ws_fetch, gateway, monkeypatch):
+    """A long silent cell: no traffic, but the kernel is busy, so its activity is renewed (and
+    neither the reaper nor the controller's GC, which read it from the store, takes it for idle)."""
+    monkeypatch.setattr(channels, "BUSY_TOUCH_SECONDS", 0.2)
+    kernel_id = await start_kernel(jp_fetch)
+    conn = await jp_ws_fetch("api", "kernels", kernel_id, "channels")
+    try:
+        msg_id = uuid.uuid4().hex
+        conn.write_message(text(execute("import time; time.sleep(8)", msg_id)))
+        await until(conn, lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
+                    and m["parent_header"].get("msg_id") == msg_id)
+        silent_until = time.monotonic() + 6  # the cell prints nothing until it ends, 8 s on
+        await asyncio.sleep(1.5)  # past the traffic touches of `busy` and `execute_input`
+        busy_since = (await gateway.store.get(kernel_id)).last_activity
+        while (await gateway.store.get(kernel_id)).last_activity == busy_since:
+            assert time.monotonic() < silent_until, "a busy kernel's activity was never renewed"
+            await asyncio.sleep(0.1)
+        await until(conn, is_idle_after(msg_id))
     finally:
         await close(conn)
