@@ -114,7 +114,7 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     """Build the state from arguments and environment; raise ValueError on bad configuration."""
     key = load_public_key(env.get("PICOD_AUTH_PUBLIC_KEY", ""))
     verifier = TokenVerifier(key, env.get("PICOD_SANDBOX_ID"), env.get("PICOD_AUTH_ISSUER"))
-    workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()))
+    workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()), shared_group=bool(args.run_as))
     if args.max_output <= 0:
         raise ValueError("--max-output must be a positive number of bytes")
     channel_limits = ChannelLimits(args.channels_replay_bytes, args.channels_replay_messages,

@@ -94,6 +94,12 @@ async def test_files_round_trip(jp_fetch, gateway):
     seen = body(await execute(jp_fetch, session_id=session_id,
                               code="len(open('data/blob.bin','rb').read())"))
     assert seen["results"][0]["text/plain"] == str(len(payload))
+    # The code the file was uploaded for may change it and write next to it (PicoD wrote both).
+    changed = body(await execute(jp_fetch, session_id=session_id, code=(
+        "open('data/blob.bin', 'ab').write(b'+'); open('data/new.txt', 'w').write('x'); "
+        "import os; os.path.getsize('data/blob.bin')")))
+    assert changed["results"][0]["text/plain"] == str(len(payload) + 1), changed
+    assert (await jp_fetch("v1", "sessions", session_id, "files", "data/new.txt")).body == b"x"
     missing = await jp_fetch("v1", "sessions", session_id, "files", "nope.txt", raise_error=False)
     assert missing.code == 404
     escape = await jp_fetch("v1", "sessions", session_id, "files", "..%2F..%2Fetc%2Fpasswd", raise_error=False)
