@@ -73,6 +73,10 @@ class AsyncCodeInterpreterClient:
         """The session's record; SessionNotFound if it ended."""
         return (await self._send(_core.get_session_call(await self._session()))).json()
 
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        """Every session on the gateway (needs the token; starts nothing)."""
+        return (await self._send(Call("GET", "/v1/sessions"))).json()["sessions"]
+
     async def close(self, keep_session: bool | None = None) -> None:
         """End the session (unless kept) and release the connection. Calling it again does nothing."""
         if self._closed:

@@ -88,6 +88,11 @@ class CodeInterpreterClient:
         """The session's record (template, created_at, expires_at, ...); SessionNotFound if it ended."""
         return self._send(_core.get_session_call(self._session())).json()
 
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every session on the gateway (needs the token; starts nothing): a cheap way to check
+        the URL and token."""
+        return self._send(Call("GET", "/v1/sessions")).json()["sessions"]
+
     def close(self, keep_session: bool | None = None) -> None:
         """End the session (unless kept) and release the connection. Calling it again does nothing."""
         if self._closed:
