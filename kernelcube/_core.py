@@ -247,7 +247,7 @@ def list_files_call(settings: Settings, session_id: str, template: str, path: st
     route = (f"/v1/namespaces/{quote(settings.namespace, safe='')}/code-interpreters/"
              f"{quote(template, safe='')}/invocations/api/files")
     return Call("GET", route, params={"path": workspace_path(path)},
-                headers={"x-agentcube-session-id": session_id}, about="file")
+                headers={"x-agentcube-session-id": session_id}, about="relayed file")
 
 
 def interrupt_call(session_id: str) -> Call:

@@ -100,8 +100,12 @@ def _retry_after(headers) -> float | None:
 
 def error_for(status: int, body: bytes, headers=None, *, about: str = "") -> KernelCubeError:
     """The exception for an error answer; `about` says what was asked ("session", "file", ...),
-    for a 404 whose body names no code."""
+    for a 404 whose body names no code. "relayed file" is a file call through the Router, which
+    echoes `x-agentcube-session-id` on every answer it relays from the sandbox and refuses an
+    unknown session itself, without it."""
     message, code = _message(body)
+    if about == "relayed file":
+        about = "file" if "x-agentcube-session-id" in (headers or {}) else "session"
     kwargs = {"status": status, "code": code, "retry_after": _retry_after(headers or {})}
     if status == 401 or status == 403:
         return AuthenticationError(message, **kwargs)
