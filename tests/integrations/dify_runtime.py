@@ -106,4 +106,7 @@ class DifyPluginProcess:
         self.proc.stdin.close()
         for reader in self._readers:
             reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
         return self.proc.returncode
