@@ -5,7 +5,7 @@ A `.difypkg` is a zip of the plugin directory, `manifest.yaml` at its root, with
 `.difyignore` lists. The KernelCube client (`kernelcube/`, which needs only httpx) is copied
 in, so the plugin installs from its `requirements.txt` alone.
 
-    python integrations/dify/build.py [-o dist/kernelcube-0.1.0.difypkg]
+    python integrations/dify/build.py [-o build/dify/kernelcube-0.1.0.difypkg]
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def build(output: str, root: str = HERE) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", help="the package to write (default: dist/kernelcube-<version>.difypkg)")
+    parser.add_argument("-o", "--output", help="the package to write (default: build/dify/kernelcube-<version>.difypkg)")
     args = parser.parse_args()
-    output = args.output or os.path.join(REPO, "dist", f"kernelcube-{plugin_version(HERE)}.difypkg")
+    output = args.output or os.path.join(REPO, "build", "dify", f"kernelcube-{plugin_version(HERE)}.difypkg")
     print(build(output))
 
 
