@@ -48,6 +48,7 @@ class AsyncCodeInterpreterClient:
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(**self.settings.client_options())
         self._closed = False
+        self._starting = anyio.Lock()  # one session, even when tasks race to the first call
 
     # -- the session -----------------------------------------------------------------------
 
@@ -57,12 +58,13 @@ class AsyncCodeInterpreterClient:
 
     async def start(self) -> str:
         """Create the session now if there is none; returns its id."""
-        if self.session_id is None:
-            call = _core.create_session_call(self.settings, self.template, self._session_timeout)
-            record = (await self._send(call)).json()
-            self.session_id = record["session_id"]
-            self.template = record.get("template", self.template)
-        return self.session_id
+        async with self._starting:
+            if self.session_id is None:
+                call = _core.create_session_call(self.settings, self.template, self._session_timeout)
+                record = (await self._send(call)).json()
+                self.session_id = record["session_id"]
+                self.template = record.get("template", self.template)
+            return self.session_id
 
     async def _session(self) -> str:
         if self._closed:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,6 +58,7 @@ class CodeInterpreterClient:
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(**self.settings.client_options())
         self._closed = False
+        self._starting = threading.Lock()  # one session, even when threads race to the first call
         if session_id is None and not lazy:
             try:
                 self.start()
@@ -72,12 +74,13 @@ class CodeInterpreterClient:
 
     def start(self) -> str:
         """Create the session now if there is none; returns its id."""
-        if self.session_id is None:
-            call = _core.create_session_call(self.settings, self.template, self._session_timeout)
-            record = self._send(call).json()
-            self.session_id = record["session_id"]
-            self.template = record.get("template", self.template)
-        return self.session_id
+        with self._starting:
+            if self.session_id is None:
+                call = _core.create_session_call(self.settings, self.template, self._session_timeout)
+                record = self._send(call).json()
+                self.session_id = record["session_id"]
+                self.template = record.get("template", self.template)
+            return self.session_id
 
     def _session(self) -> str:
         if self._closed:

@@ -17,6 +17,7 @@ tool.close()                             # ends the session
 from __future__ import annotations
 
 import tempfile
+import threading
 from typing import Any
 
 from langchain_core.tools import BaseTool
@@ -56,12 +57,15 @@ class KernelCubeCodeTool(BaseTool):
     timeout: float | None = Field(default=None, description="seconds one execution may run (None: the gateway's default)")
     output_dir: str | None = None
     _owns_client: bool = PrivateAttr(default=False)
+    # LangGraph's ToolNode runs a step's tool calls in parallel threads: one client, one session.
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def _client(self) -> CodeInterpreterClient:
-        if self.client is None:
-            self.client = CodeInterpreterClient(self.url, self.token, template=self.template, lazy=True)
-            self._owns_client = True
-        return self.client
+        with self._lock:
+            if self.client is None:
+                self.client = CodeInterpreterClient(self.url, self.token, template=self.template, lazy=True)
+                self._owns_client = True
+            return self.client
 
     def _output_dir(self) -> str:
         if self.output_dir is None:

@@ -157,8 +157,12 @@ class ExecutionBuilder:
             ex.results.append(result)
             return result
         elif kind == "error":
-            ex.error = ExecutionError.from_wire(event)
-            return ex.error
+            error = ExecutionError.from_wire(event)
+            repeated = ex.error is not None and (ex.error.name, ex.error.value) == (error.name, error.value)
+            ex.error = error
+            # The kernel reports an error twice (its iopub message and its reply); when the reply
+            # comes first the stream can carry both: a callback hears of it once.
+            return None if repeated else error
         elif kind == "clear":
             ex.logs = Logs()
             ex.results = []

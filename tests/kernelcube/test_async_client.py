@@ -99,7 +99,16 @@ async def test_errors_lazy_sessions_reattach_and_close(connect, gateway):
         assert session_id in [s["session_id"] for s in await again.list_sessions()]
     assert session_id not in sessions_on(gateway)
     started = AsyncCodeInterpreterClient(**connect)
+    assert started.session_id is None  # the constructor sends nothing
     assert await started.start() == started.session_id
     await started.close()
     await started.close()
     assert started.session_id not in sessions_on(gateway)
+    async with AsyncCodeInterpreterClient(**connect) as ended:
+        assert await ended.delete_session() is True and await ended.delete_session() is False
+        with pytest.raises(SessionNotFound):
+            await ended.run_code("1")
+    stopped = AsyncCodeInterpreterClient(**connect)
+    await stopped.start()
+    await stopped.stop()  # the agentcube-sdk's name
+    assert stopped.session_id not in sessions_on(gateway)

@@ -194,6 +194,7 @@ def test_url_and_token_from_the_environment(gateway, monkeypatch):
 def test_lazy_session_close_and_reattach(connect, gateway):
     lazy = CodeInterpreterClient(**connect, lazy=True, keep_session=True)
     assert lazy.session_id is None
+    assert lazy.start() == lazy.session_id and lazy.start() == lazy.session_id  # once
     lazy.run_code("secret = 'reattached'")
     session_id = lazy.session_id
     assert session_id in sessions_on(gateway)
