@@ -35,7 +35,12 @@ class AsyncCodeInterpreterClient:
                  session_timeout: float | None = None, connect_timeout: float = 5.0,
                  request_timeout: float = 120.0, execution_timeout: float = 600.0, ansi: bool = False,
                  name: str | None = None, auth_token: str | None = None, namespace: str = "default",
+                 router_url: str | None = None, workload_manager_url: str | None = None,
+                 ttl: int | None = None, verbose: bool = False,
                  http_client: httpx.AsyncClient | None = None):
+        # agentcube-sdk spellings: KernelCube serves the Router and the Workload Manager at one URL;
+        # a session's lifetime is its template's (`ttl` and `verbose` are accepted and unused).
+        url = url or router_url or workload_manager_url
         self.settings = Settings.resolve(url, token if token is not None else auth_token, template or name,
                                          namespace=namespace, connect_timeout=connect_timeout,
                                          request_timeout=request_timeout, execution_timeout=execution_timeout,

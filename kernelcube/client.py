@@ -37,8 +37,10 @@ class CodeInterpreterClient:
     `url` and `token` default to `KERNELCUBE_URL` and `KERNELCUBE_TOKEN`. The session is created
     now, or on first use with `lazy=True`; pass `session_id` to reattach to an existing one
     (nothing is sent until it is used). `close()` (or leaving the `with` block) ends the session
-    unless `keep_session=True`. `name` and `auth_token` are the agentcube-sdk's spellings of
-    `template` and `token`.
+    unless `keep_session=True`. The agentcube-sdk's constructor arguments are accepted too:
+    `name` and `auth_token` for `template` and `token`, `router_url` or `workload_manager_url`
+    for `url` (and `ROUTER_URL` after `KERNELCUBE_URL`); `ttl` and `verbose` are ignored, as a
+    session's lifetime is its template's.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, template: str | None = None,
@@ -46,7 +48,12 @@ class CodeInterpreterClient:
                  session_timeout: float | None = None, connect_timeout: float = 5.0,
                  request_timeout: float = 120.0, execution_timeout: float = 600.0, ansi: bool = False,
                  name: str | None = None, auth_token: str | None = None, namespace: str = "default",
+                 router_url: str | None = None, workload_manager_url: str | None = None,
+                 ttl: int | None = None, verbose: bool = False,
                  http_client: httpx.Client | None = None):
+        # agentcube-sdk spellings: KernelCube serves the Router and the Workload Manager at one URL;
+        # a session's lifetime is its template's (`ttl` and `verbose` are accepted and unused).
+        url = url or router_url or workload_manager_url
         self.settings = Settings.resolve(url, token if token is not None else auth_token, template or name,
                                          namespace=namespace, connect_timeout=connect_timeout,
                                          request_timeout=request_timeout, execution_timeout=execution_timeout,

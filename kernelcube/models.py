@@ -132,6 +132,16 @@ class Execution:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def __str__(self) -> str:
+        """What a notebook would show: the output, then the value, then the error (so printing
+        an Execution prints what the agentcube-sdk's `run_code` returned, and more)."""
+        parts = [self.stdout, self.stderr]
+        if self.text is not None:
+            parts.append(self.text + "\n")
+        if self.error is not None:
+            parts.append(f"{self.error}\n")
+        return "".join(parts).rstrip("\n")
+
 
 class ExecutionBuilder:
     """Feed it the NDJSON events of one execution, in order; `execution` is the result so far.

@@ -32,7 +32,7 @@ def blocks(heading: str, language: str) -> list[str]:
 
 def run(code: str, gateway, cwd, *, argv0: tuple[str, ...] = (sys.executable, "-c"), env: dict | None = None):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KERNELCUBE_")}
-    environment.update(KERNELCUBE_URL=gateway.url, KERNELCUBE_TOKEN=TOKEN, PYTHONPATH=REPO, **(env or {}))
+    environment.update({"KERNELCUBE_URL": gateway.url, "KERNELCUBE_TOKEN": TOKEN, "PYTHONPATH": REPO, **(env or {})})
     done = subprocess.run([*argv0, code], env=environment, cwd=cwd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
@@ -45,6 +45,17 @@ def test_the_client_example(gateway, tmp_path):
     assert "ZeroDivisionError: division by zero" in out and "2 data.csv" in out
     assert "'data.csv'" in out and "exceeded its 2 s timeout" in out
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+    assert sessions_on(gateway) == []
+
+
+def test_the_agentcube_sdk_example_runs_with_the_import_changed(gateway, tmp_path):
+    [example] = blocks("The AgentCube API (agentcube-sdk, Dify, MCP)", "python")
+    switched = (example.replace("from agentcube import", "from kernelcube import")
+                .replace("http://127.0.0.1:8888", gateway.url).replace("<token>", TOKEN))
+    assert switched.count("kernelcube") == 1 and TOKEN in switched
+    # Configured as the agentcube-sdk is, by ROUTER_URL (the example sets it) and the token argument.
+    out = run(switched, gateway, tmp_path, env={"KERNELCUBE_URL": "", "KERNELCUBE_TOKEN": ""}).splitlines()
+    assert out[0].startswith("Linux ") and out[-1] == "42"
     assert sessions_on(gateway) == []
 
 
