@@ -184,13 +184,12 @@ def workspace_path(path: str) -> str:
     return path or "."
 
 
-def create_session_call(settings: Settings, template: str, timeout: float | None) -> Call:
-    body: dict[str, Any] = {"template": template}
-    claim = timeout if timeout is not None else settings.create_timeout
-    body["timeout"] = claim
-    # The gateway itself waits up to `timeout` for a sandbox; the client waits a little longer.
-    return Call("POST", "/v1/sessions", json=body, read_timeout=claim + 10, about="template",
-                create_deadline=time.monotonic() + claim)
+def create_session_call(settings: Settings, template: str) -> Call:
+    """The gateway waits up to `create_timeout` for a sandbox (its claim timeout); the client
+    waits a little longer for the answer, and retries a 503 until the same deadline."""
+    claim = settings.create_timeout
+    return Call("POST", "/v1/sessions", json={"template": template, "timeout": claim}, read_timeout=claim + 10,
+                about="template", create_deadline=time.monotonic() + claim)
 
 
 def delete_session_call(session_id: str) -> Call:

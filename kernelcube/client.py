@@ -45,7 +45,7 @@ class CodeInterpreterClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *, template: str | None = None,
                  session_id: str | None = None, lazy: bool = False, keep_session: bool = False,
-                 session_timeout: float | None = None, connect_timeout: float = 5.0,
+                 create_timeout: float = 120.0, connect_timeout: float = 5.0,
                  request_timeout: float = 120.0, execution_timeout: float = 600.0, ansi: bool = False,
                  name: str | None = None, auth_token: str | None = None, namespace: str = "default",
                  router_url: str | None = None, workload_manager_url: str | None = None,
@@ -57,11 +57,10 @@ class CodeInterpreterClient:
         self.settings = Settings.resolve(url, token if token is not None else auth_token, template or name,
                                          namespace=namespace, connect_timeout=connect_timeout,
                                          request_timeout=request_timeout, execution_timeout=execution_timeout,
-                                         create_timeout=session_timeout or 120.0, ansi=ansi)
+                                         create_timeout=create_timeout, ansi=ansi)
         self.template = self.settings.template
         self.keep_session = keep_session
         self.session_id: str | None = session_id
-        self._session_timeout = session_timeout
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(**self.settings.client_options())
         self._closed = False
@@ -83,7 +82,7 @@ class CodeInterpreterClient:
         """Create the session now if there is none; returns its id."""
         with self._starting:
             if self.session_id is None:
-                call = _core.create_session_call(self.settings, self.template, self._session_timeout)
+                call = _core.create_session_call(self.settings, self.template)
                 record = self._send(call).json()
                 self.session_id = record["session_id"]
                 self.template = record.get("template", self.template)

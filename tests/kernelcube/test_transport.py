@@ -83,7 +83,7 @@ def test_session_creation_gives_up_at_its_deadline_with_the_gateway_message(serv
     server.script[("POST", "/v1/sessions")] = [busy("0.2")]
     started = time.monotonic()
     with pytest.raises(CapacityError) as refused:
-        CodeInterpreterClient(server.url, "t", session_timeout=1)
+        CodeInterpreterClient(server.url, "t", create_timeout=1)
     assert 0.8 < time.monotonic() - started < 5
     assert refused.value.message == "no sandbox is free; retry shortly" and refused.value.retry_after == 0.2
     assert 3 <= server.hits[("POST", "/v1/sessions")] <= 7
