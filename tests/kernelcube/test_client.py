@@ -1,5 +1,5 @@
 """`CodeInterpreterClient` against a real gateway: state persists between run_code calls (both
-argument orders), streaming callbacks, rich results (a matplotlib PNG, HTML, JSON), errors in
+argument orders), `env`, streaming callbacks, rich results (a matplotlib PNG, HTML, JSON), errors in
 the code, commands (shell string and argv), every file method, timeouts, the error mapping
 (unknown session, unknown template, bad token, missing file), lazy and eager sessions,
 reattaching by session id, close() ending the session or keeping it, and templates."""
@@ -41,6 +41,11 @@ def test_state_persists_between_calls_in_either_argument_order(client):
     assert second.stdout == "x is 42\n" and second.logs.stdout == ["x is 42\n"]
     assert second.execution_count == first.execution_count + 1
     assert client.run_code("x", language="py").text == "42"
+
+
+def test_env_reaches_the_code(client):
+    assert client.run_code("import os\nos.environ['GREETING']", env={"GREETING": "hello"}).text == "'hello'"
+    assert client.run_code("echo $GREETING-sh", language="bash", env={"GREETING": "hi"}).stdout == "hi-sh\n"
 
 
 def test_streaming_callbacks_see_output_as_it_comes(client):
