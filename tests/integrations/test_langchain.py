@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import requests
 
@@ -50,7 +51,8 @@ def test_a_reaped_session_is_replaced_once_with_a_note(gateway):
         tool.close()
 
 
-def test_the_langgraph_react_agent_example_runs_the_tool_in_its_loop(gateway, monkeypatch, capsys):
+def test_the_langgraph_react_agent_example_runs_the_tool_in_its_loop(gateway, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the tool saves images by default
     monkeypatch.setenv("KERNELCUBE_URL", gateway.url)
     monkeypatch.setenv("KERNELCUBE_TOKEN", TOKEN)
     spec = importlib.util.spec_from_file_location("langgraph_agent", os.path.join(REPO, "examples",
@@ -65,7 +67,7 @@ def test_the_langgraph_react_agent_example_runs_the_tool_in_its_loop(gateway, mo
     # The second call used the variable the first one left in the session, and plotted it.
     assert second.content.startswith("max 100\n[image saved to ")
     image = second.content.splitlines()[1].removeprefix("[image saved to ").removesuffix("]")
-    assert os.path.getsize(image) > 1000
+    assert os.path.getsize(image) > 1000 and image.startswith(str(tmp_path))
     assert messages[-1].content.startswith("The sum of the first ten squares is 385")
     assert "--- tool: 385" in capsys.readouterr().out
     assert sessions_on(gateway) == []

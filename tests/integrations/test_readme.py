@@ -32,7 +32,8 @@ def blocks(heading: str, language: str) -> list[str]:
 
 def run(code: str, gateway, cwd, *, argv0: tuple[str, ...] = (sys.executable, "-c"), env: dict | None = None):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KERNELCUBE_")}
-    environment.update({"KERNELCUBE_URL": gateway.url, "KERNELCUBE_TOKEN": TOKEN, "PYTHONPATH": REPO, **(env or {})})
+    environment.update({"KERNELCUBE_URL": gateway.url, "KERNELCUBE_TOKEN": TOKEN, "PYTHONPATH": REPO,
+                        "TMPDIR": str(cwd), **(env or {})})  # images the examples save stay in the test's dir
     done = subprocess.run([*argv0, code], env=environment, cwd=cwd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
