@@ -81,16 +81,10 @@ def test_the_mcp_example_and_host_configuration(gateway, tmp_path):
     assert server["command"] == "kernelcube-mcp" and set(server["env"]) == {"KERNELCUBE_URL", "KERNELCUBE_TOKEN"}
     with open(os.path.join(REPO, "setup.cfg")) as f:
         assert "kernelcube-mcp = kernelcube.mcp_server:main" in f.read()
-    # `kernelcube-mcp` as that entry point installs it, running this checkout's code (the MCP
-    # client starts servers with a minimal environment, without PYTHONPATH).
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "kernelcube-mcp"
-    script.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -c "
-                      "'from kernelcube.mcp_server import main; main()' \"$@\"\n")
-    script.chmod(0o755)
+    installed = os.path.join(os.path.dirname(sys.executable), "kernelcube-mcp")
+    assert os.access(installed, os.X_OK), "kernelcube-mcp is not installed: run `make install`"
     [example] = blocks("MCP server", "python")
-    out = run(example, gateway, tmp_path, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    out = run(example, gateway, tmp_path, env={"PATH": f"{os.path.dirname(installed)}:{os.environ['PATH']}"})
     assert out.strip() == "5050"
     assert sessions_on(gateway) == []
 
