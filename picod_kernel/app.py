@@ -25,7 +25,7 @@ from .files import DownloadHandler, FilesHandler
 from .identity import RunAs, become_daemon_for
 from .jail import Workspace
 from .kernel import KernelBridge
-from .kernel_handlers import InterruptHandler, RestartHandler, RunHandler
+from .kernel_handlers import EnvHandler, InterruptHandler, RestartHandler, RunHandler
 from .outbox import ChannelLimits
 from .relay import Relays
 
@@ -54,6 +54,7 @@ def make_app(state: State) -> web.Application:
         (r"/api/files", FilesHandler),
         (r"/api/files/(.*)", DownloadHandler),
         (r"/api/run", RunHandler),
+        (r"/api/kernel/env", EnvHandler),
         (r"/api/kernel/interrupt", InterruptHandler),
         (r"/api/kernel/restart", RestartHandler),
     ]

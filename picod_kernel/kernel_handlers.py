@@ -64,6 +64,17 @@ class RunHandler(KernelHandler):
         self.finish()
 
 
+class EnvHandler(KernelHandler):
+    """`POST /api/kernel/env {"env": {...}}`: variables for the rest of the kernel's life."""
+
+    async def post(self) -> None:
+        env = self.json_body().get("env")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise RequestError(400, "'env' is required and must be an object mapping strings to strings")
+        await self.call(self.kernel.set_env(env))
+        self.write_json({"status": "ok"})
+
+
 class InterruptHandler(KernelHandler):
     async def post(self) -> None:
         await self.call(self.kernel.interrupt())

@@ -76,6 +76,20 @@ async def test_bash_and_stream(jp_fetch, gateway):
     assert events[0]["session_id"] == session_id and events[-1]["status"] == "ok"
 
 
+async def test_env_holds_for_one_execution(jp_fetch, gateway):
+    first = body(await execute(jp_fetch, code="import os; os.environ['HOME'] = '/kept'; os.environ['HOME']"))
+    session = first["session_id"]
+    during = body(await execute(jp_fetch, session_id=session, env={"HOME": "/for-this-run", "ONLY_NOW": "yes"},
+                                code="os.environ['HOME'], os.environ['ONLY_NOW']"))
+    assert during["results"][0]["text/plain"] == "('/for-this-run', 'yes')"
+    after = body(await execute(jp_fetch, session_id=session, code="os.environ['HOME'], 'ONLY_NOW' in os.environ"))
+    assert after["results"][0]["text/plain"] == "('/kept', False)"
+    # no trace in the user's namespace or history
+    assert body(await execute(jp_fetch, session_id=session, code="[n for n in dir() if 'kernelcube' in n]"))[
+        "results"][0]["text/plain"] == "[]"
+    assert after["execution_count"] == during["execution_count"] + 1
+
+
 async def test_timeout_interrupts_and_session_survives(jp_fetch, gateway):
     first = body(await execute(jp_fetch, code="kept = 'yes'"))
     timed_out = body(await execute(jp_fetch, code="while True: pass", timeout=1, session_id=first["session_id"]))
