@@ -18,42 +18,13 @@ Records of other providers (the gateway's local sandboxes) are not the controlle
 
 from __future__ import annotations
 
-import calendar
-import re
-import time
 from dataclasses import dataclass, field
+
+from kernelcube_wire.gotime import parse_go_duration, parse_rfc3339
 
 OURS = "kernelcube"
 KUBERNETES_PROVIDER = "kubernetes"
 WORKLOAD_KINDS = ("Sandbox", "SandboxClaim")
-
-# Go's duration and RFC 3339 formats, as the gateway writes them (copied, not imported).
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-             "h": 3600.0}
-_GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", re.I)
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds of a Go duration ("15m0s", "1h30m", "250ms"); ValueError otherwise."""
-    if text == "0":
-        return 0.0
-    parts = _GO_PART.findall(text)
-    if not parts or "".join(num + unit for num, unit in parts) != text:
-        raise ValueError(f"not a Go duration: {text!r}")
-    return sum(float(num) * _GO_UNITS[unit] for num, unit in parts)
-
-
-def parse_rfc3339(text: str) -> float:
-    match = _RFC3339.match(text)
-    if not match:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    base, frac, zone = match.groups()
-    seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-    if zone.upper() != "Z":
-        offset = int(zone[1:3]) * 3600 + int(zone[4:6]) * 60
-        seconds -= offset if zone[0] == "+" else -offset
-    return seconds + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
 @dataclass(frozen=True)
