@@ -17,13 +17,25 @@ from typing import Any
 
 from controller import conditions as cond
 from controller import naming as n
+from controller.agentcube import AgentRuntimeReconciler, CodeInterpreterReconciler, owning_workload
 from controller.claim import ClaimReconciler
 from controller.context import Context
+from controller.events import EventRecorder
 from controller.expectations import Expectations
+from controller.identity import PublicKeyLoader
 from controller.informer import Informer, key_of
 from controller.leader import LeaderElector
 from controller.metrics import Metrics
-from controller.resources import CLAIMS, PODS, SANDBOXES, SERVICES, TEMPLATES, WARMPOOLS
+from controller.resources import (
+    AGENT_RUNTIMES,
+    CLAIMS,
+    CODE_INTERPRETERS,
+    PODS,
+    SANDBOXES,
+    SERVICES,
+    TEMPLATES,
+    WARMPOOLS,
+)
 from controller.sandbox import SandboxReconciler
 from controller.sandbox_logic import controller_of
 from controller.settings import Settings
@@ -101,6 +113,11 @@ class Controller:
             lease_duration=self.settings.lease_duration,
             renew_deadline=self.settings.renew_deadline, retry_period=self.settings.retry_period)
         self.ctx: Context | None = None
+        self.events = EventRecorder(kube, min_interval=self.settings.event_interval)
+        # Kept across terms: the key never changes, so it is fetched once per process.
+        self.public_key = PublicKeyLoader(kube, self.settings.identity_namespace)
+        self.agentcube: dict[str, Informer] = {}
+        self.gc: Any = None
         self.leading = asyncio.Event()
         self.terms = 0
         self._task: asyncio.Task | None = None
@@ -177,20 +194,40 @@ class Controller:
         self.pool_reconciler = WarmPoolReconciler(ctx)
         self.claim_reconciler = ClaimReconciler(ctx)
         self.template_reconciler = TemplateReconciler(ctx)
-        for kind, reconciler, workers in (
-                ("sandbox", self.sandbox_reconciler, s.sandbox_workers),
-                ("pool", self.pool_reconciler, s.pool_workers),
-                ("claim", self.claim_reconciler, s.claim_workers),
-                ("template", self.template_reconciler, s.template_workers)):
+        kinds = [("sandbox", self.sandbox_reconciler, s.sandbox_workers),
+                 ("pool", self.pool_reconciler, s.pool_workers),
+                 ("claim", self.claim_reconciler, s.claim_workers),
+                 ("template", self.template_reconciler, s.template_workers)]
+        self.agentcube = {}
+        if s.agentcube:
+            self.agentcube = {"codeinterpreter": informer(CODE_INTERPRETERS),
+                              "agentruntime": informer(AGENT_RUNTIMES)}
+            self.ci_reconciler = CodeInterpreterReconciler(
+                ctx, self.agentcube["codeinterpreter"], self.events, self.public_key)
+            self.ar_reconciler = AgentRuntimeReconciler(ctx, self.agentcube["agentruntime"],
+                                                        self.events)
+            kinds += [("codeinterpreter", self.ci_reconciler, s.agentcube_workers),
+                      ("agentruntime", self.ar_reconciler, s.agentcube_workers)]
+        for kind, reconciler, workers in kinds:
             ctx.queues[kind] = WorkQueue(kind, reconciler.reconcile, workers,
                                          on_error=self.metrics.error)
         self.ctx = ctx
         self._wire(ctx)
+        if s.agentcube:
+            self._wire_agentcube(ctx)
         self.terms += 1
-        informers = (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims)
+        informers = (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims,
+                     *self.agentcube.values())
         await asyncio.gather(*(inf.start() for inf in informers))
         for queue in ctx.queues.values():
             await queue.start()
+        if s.agentcube:
+            self.public_key.start()  # creates the identity Secret if no gateway has yet
+        if s.redis_url:
+            from controller.gc import SessionCollector  # needs redis only when configured
+
+            self.gc = SessionCollector(ctx, self.metrics)
+            self.gc.start()
         self.leading.set()
         log.info("controller %s is reconciling (term %d)", self.identity, self.terms)
 
@@ -199,9 +236,14 @@ class Controller:
         ctx = self.ctx
         if ctx is None:
             return
+        if self.gc is not None:
+            await self.gc.stop()
+            self.gc = None
+        await self.public_key.stop()
         for queue in ctx.queues.values():
             await queue.stop()
-        for inf in (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims):
+        for inf in (ctx.templates, ctx.pools, ctx.sandboxes, ctx.pods, ctx.services, ctx.claims,
+                    *self.agentcube.values()):
             await inf.stop()
         self.ctx = None
 
@@ -286,6 +328,59 @@ class Controller:
         ctx.claims.add_handler(on_claim)
         ctx.pools.add_handler(on_pool)
         ctx.templates.add_handler(on_template)
+
+    def _wire_agentcube(self, ctx: Context) -> None:
+        """CRs wake their reconciler on spec changes; owned templates and pools, and the pool's
+        members and their pods, wake the CR that owns them (status, problems, drift)."""
+        cis, ars = self.agentcube["codeinterpreter"], self.agentcube["agentruntime"]
+        queue_of = {"CodeInterpreter": "codeinterpreter", "AgentRuntime": "agentruntime"}
+        settle = 0.2  # member and pod events within this window share one CR reconcile
+
+        def on_cr(kind: str, forget: Any = None) -> Any:
+            def handler(old: dict | None, new: dict | None) -> None:
+                obj = new or old
+                assert obj is not None
+                if new is None and forget is not None:
+                    forget(key_of(obj))
+                if _meta_or_spec_changed(old, new):
+                    ctx.enqueue(kind, *key_of(obj))
+            return handler
+
+        def owner_of(obj: dict | None, delay: float = 0.0) -> None:
+            found = owning_workload(obj) if obj is not None else None
+            if found is not None:
+                ctx.enqueue(queue_of[found[0]], obj["metadata"]["namespace"], found[1], delay)
+
+        def on_owned(old: dict | None, new: dict | None) -> None:
+            owner_of(new or old)
+
+        def member_pool(sandbox: dict | None) -> dict | None:
+            key = pool_key_of_member(sandbox) if sandbox is not None else None
+            return ctx.pools.get(*key) if key is not None else None
+
+        def on_member(old: dict | None, new: dict | None) -> None:
+            owner_of(member_pool(new or old), settle)
+
+        def on_pod(old: dict | None, new: dict | None) -> None:
+            pod = new or old
+            assert pod is not None
+            ref = controller_of(pod)
+            if ref is not None and ref.get("kind") == "Sandbox":
+                owner_of(member_pool(ctx.sandboxes.get(pod["metadata"]["namespace"],
+                                                       ref["name"])), settle)
+
+        def key_loaded() -> None:
+            if self.ctx is ctx:
+                for ci in cis.list():
+                    ctx.enqueue("codeinterpreter", *key_of(ci))
+
+        cis.add_handler(on_cr("codeinterpreter", self.ci_reconciler.forget))
+        ars.add_handler(on_cr("agentruntime"))
+        ctx.templates.add_handler(on_owned)
+        ctx.pools.add_handler(on_owned)
+        ctx.sandboxes.add_handler(on_member)
+        ctx.pods.add_handler(on_pod)
+        self.public_key.on_loaded(key_loaded)
 
 
 def default_identity() -> str:

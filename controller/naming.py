@@ -10,6 +10,14 @@ AGENTS_GROUP = "agents.x-k8s.io"
 EXTENSIONS_GROUP = "extensions.agents.x-k8s.io"
 VERSION = "v1beta1"
 
+# The AgentCube API (agentcube-api.md §3.4, §6): its kinds and the labels of session workloads.
+AGENTCUBE_GROUP = "runtime.agentcube.volcano.sh"
+AGENTCUBE_VERSION = "v1alpha1"
+SESSION_ID = "runtime.agentcube.io/session-id"
+WORKLOAD_NAME = "runtime.agentcube.io/workload-name"
+SESSION_SANDBOX_NAME = "runtime.agentcube.io/sandbox-name"
+IDLE_TIMEOUT_ANNOTATION = "runtime.agentcube.io/idle-timeout"
+
 SANDBOX_NAME_HASH = "agents.x-k8s.io/sandbox-name-hash"
 WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"
 TEMPLATE_REF_HASH = "agents.x-k8s.io/sandbox-template-ref-hash"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.naming import AGENTS_GROUP, EXTENSIONS_GROUP, VERSION
+from controller.naming import (
+    AGENTCUBE_GROUP,
+    AGENTCUBE_VERSION,
+    AGENTS_GROUP,
+    EXTENSIONS_GROUP,
+    VERSION,
+)
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,16 @@ SANDBOXES = Resource(AGENTS_GROUP, VERSION, "sandboxes", "Sandbox")
 TEMPLATES = Resource(EXTENSIONS_GROUP, VERSION, "sandboxtemplates", "SandboxTemplate")
 WARMPOOLS = Resource(EXTENSIONS_GROUP, VERSION, "sandboxwarmpools", "SandboxWarmPool")
 CLAIMS = Resource(EXTENSIONS_GROUP, VERSION, "sandboxclaims", "SandboxClaim")
+CODE_INTERPRETERS = Resource(AGENTCUBE_GROUP, AGENTCUBE_VERSION, "codeinterpreters",
+                             "CodeInterpreter")
+AGENT_RUNTIMES = Resource(AGENTCUBE_GROUP, AGENTCUBE_VERSION, "agentruntimes", "AgentRuntime")
 PODS = Resource("", "v1", "pods", "Pod")
 SERVICES = Resource("", "v1", "services", "Service")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
+SECRETS = Resource("", "v1", "secrets", "Secret")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
-ALL = (SANDBOXES, TEMPLATES, WARMPOOLS, CLAIMS, PODS, SERVICES, PVCS, EVENTS,
-       NETWORK_POLICIES, LEASES)
+ALL = (SANDBOXES, TEMPLATES, WARMPOOLS, CLAIMS, CODE_INTERPRETERS, AGENT_RUNTIMES, PODS, SERVICES,
+       PVCS, EVENTS, SECRETS, NETWORK_POLICIES, LEASES)

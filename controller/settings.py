@@ -42,6 +42,22 @@ class Settings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     identity: str = ""
+    # The AgentCube API (CodeInterpreter, AgentRuntime); off when its CRDs are not installed.
+    agentcube: bool = True
+    agentcube_workers: int = 2
+    identity_namespace: str = "default"  # where Secret picod-router-identity lives
+    pool_fill_warning: float = 120.0  # a pool not growing for this long gets a Warning Event
+    event_interval: float = 60.0  # the same Event is written at most this often per object
+    # Session garbage collection over the shared Redis store; off without a URL.
+    redis_url: str = ""
+    redis_prefix: str = ""
+    gc_interval: float = 15.0  # upstream's hard-coded pass interval
+    gc_batch: int = 100  # due sessions handled per pass (idle and expired each)
+    gc_pass_timeout: float = 120.0
+    gc_concurrency: int = 16  # sessions deleted at once within a pass
+    gc_orphan_grace: float = 300.0  # how old a record or workload must be to count as an orphan
+    gc_sweep_batch: int = 200  # records and workloads checked for orphans per pass
+    gc_default_idle_timeout: float = 900.0  # for records that carry none
     # Metrics: 0 disables the HTTP endpoint.
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"

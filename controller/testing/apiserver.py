@@ -7,7 +7,8 @@ streams as the real server, over aiohttp on a loopback port. The object semantic
 conflicts, uids, generateName, label selectors or garbage collection, all of which the claim and
 warm-pool logic depend on.
 
-Served: core `pods`, `services`, `persistentvolumeclaims`, `events`, `secrets`; `networkpolicies`, `leases`;
+Served: core `pods`, `services`, `persistentvolumeclaims`, `events`, `secrets`; `events.k8s.io`
+events; `networkpolicies`, `leases`;
 and every custom resource of the CRD manifests given (their schemas are enforced).
 Knobs for tests: `validate=False` (skip CRD schema work, for benchmarks of the controller),
 `watch_delay` (an informer that lags), `compact()` (forces 410 on resume),
@@ -34,6 +35,7 @@ CORE = [
     ResourceInfo("", "v1", "services", "Service"),
     ResourceInfo("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
     ResourceInfo("", "v1", "events", "Event", status_subresource=False),
+    ResourceInfo("events.k8s.io", "v1", "events", "Event", status_subresource=False),
     ResourceInfo("", "v1", "secrets", "Secret", status_subresource=False),
     ResourceInfo("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy",
                  status_subresource=False),

@@ -72,3 +72,20 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def code_interpreter(name: str = "ci", *, image: str = "picod:latest", **spec: Any) -> dict:
+    """A CodeInterpreter (runtime.agentcube.volcano.sh/v1alpha1) as users write them."""
+    return {"metadata": {"name": name},
+            "spec": {"template": {"image": image, "args": ["--workspace=/root"]}, **spec}}
+
+
+def agent_runtime(name: str = "agent", *, image: str = "agent:latest", port: int = 8080,
+                  **spec: Any) -> dict:
+    """An AgentRuntime with one container listening on `port`."""
+    return {"metadata": {"name": name},
+            "spec": {"targetPort": [{"port": port, "pathPrefix": "/"}],
+                     "podTemplate": {"labels": {"app": name}, "spec": {"containers": [{
+                         "name": "agent", "image": image,
+                         "ports": [{"containerPort": port}]}]}},
+                     **spec}}

@@ -22,6 +22,12 @@ EXPECTED = {
     "SandboxClaim": ("extensions.agents.x-k8s.io", "sandboxclaims", "sandboxclaim", True,
                      ["Ready", "Sandbox", "Reason", "Age"]),
 }
+# The AgentCube kinds (v1alpha1, no short names): kind -> (group, plural, printer columns).
+AGENTCUBE = {
+    "CodeInterpreter": ("runtime.agentcube.volcano.sh", "codeinterpreters",
+                        ["Ready", "WarmPool", "Image", "Reason", "Age"]),
+    "AgentRuntime": ("runtime.agentcube.volcano.sh", "agentruntimes", ["Ready", "Reason", "Age"]),
+}
 
 
 def by_kind(crds):
@@ -34,7 +40,7 @@ def openapi(crds, kind):
 
 def test_every_kind_has_its_names_scope_and_subresources(crds):
     kinds = by_kind(crds)
-    assert set(kinds) == set(EXPECTED)
+    assert set(kinds) == set(EXPECTED) | set(AGENTCUBE)
     for kind, (group, plural, short, has_status, columns) in EXPECTED.items():
         spec = kinds[kind]["spec"]
         assert kinds[kind]["metadata"]["name"] == f"{plural}.{group}"
@@ -48,6 +54,21 @@ def test_every_kind_has_its_names_scope_and_subresources(crds):
     scale = kinds["SandboxWarmPool"]["spec"]["versions"][0]["subresources"]["scale"]
     assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
                      "labelSelectorPath": ".status.selector"}
+
+
+def test_agentcube_kinds_have_their_names_scope_status_and_columns(crds):
+    kinds = by_kind(crds)
+    for kind, (group, plural, columns) in AGENTCUBE.items():
+        spec = kinds[kind]["spec"]
+        assert kinds[kind]["metadata"]["name"] == f"{plural}.{group}"
+        assert (spec["group"], spec["names"]["plural"], spec["scope"]) == (group, plural,
+                                                                           "Namespaced")
+        (version,) = spec["versions"]
+        assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+        assert version["subresources"] == {"status": {}}
+        assert [c["name"] for c in version["additionalPrinterColumns"]] == columns
+        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        assert {"ready", "conditions", "observedGeneration"} <= set(status)
 
 
 def test_schemas_are_structural(crds):
@@ -65,6 +86,8 @@ VALID = {
     "SandboxTemplate": h.template("t"),
     "SandboxWarmPool": h.pool("p", "t"),
     "SandboxClaim": h.claim("c", "p", lifecycle={"shutdownPolicy": "Delete"}),
+    "CodeInterpreter": h.code_interpreter("ci", warmPoolSize=2, ports=[{"port": 8080}]),
+    "AgentRuntime": h.agent_runtime("ar"),
 }
 
 INVALID = [
@@ -82,6 +105,16 @@ INVALID = [
     ("SandboxClaim", ["spec", "lifecycle", "shutdownPolicy"], "Never"),
     ("SandboxClaim", ["spec", "lifecycle", "ttlSecondsAfterFinished"], -5),
     ("SandboxClaim", ["spec", "env"], [{"value": "no name"}]),
+    ("CodeInterpreter", ["spec", "template"], None),
+    ("CodeInterpreter", ["spec", "template", "image"], None),
+    ("CodeInterpreter", ["spec", "authMode"], "jwt"),
+    ("CodeInterpreter", ["spec", "warmPoolSize"], -1),
+    ("CodeInterpreter", ["spec", "sessionTimeout"], "15 minutes"),
+    ("CodeInterpreter", ["spec", "ports"], [{"port": 8080, "protocol": "TCP"}]),
+    ("CodeInterpreter", ["spec", "template", "environment"], [{"value": "no name"}]),
+    ("AgentRuntime", ["spec", "targetPort"], None),
+    ("AgentRuntime", ["spec", "podTemplate"], None),
+    ("AgentRuntime", ["spec", "maxSessionDuration"], "1 day"),
 ]
 
 
@@ -107,6 +140,11 @@ def test_valid_examples_pass_and_get_defaults(crds, kind):
     if kind == "SandboxTemplate":
         assert obj["spec"]["networkPolicyManagement"] == "Managed"
         assert obj["spec"]["envVarsInjectionPolicy"] == "Disallowed"
+    if kind in ("CodeInterpreter", "AgentRuntime"):
+        assert (obj["spec"]["sessionTimeout"], obj["spec"]["maxSessionDuration"]) == ("15m", "8h")
+    if kind == "CodeInterpreter":
+        assert obj["spec"]["authMode"] == "picod"
+        assert obj["spec"]["ports"] == [{"port": 8080, "protocol": "HTTP"}]
 
 
 @pytest.mark.parametrize("kind, path, value", INVALID)
@@ -136,3 +174,15 @@ async def test_the_api_server_rejects_invalid_objects_with_422(cluster):
     with pytest.raises(Invalid, match="immutable"):
         await cluster.kube.patch(R.SANDBOXES, h.NS, "s", {"spec": {"volumeClaimTemplates": [
             {"metadata": {"name": "other"}}]}})
+
+
+@pytest.mark.asyncio
+async def test_the_api_server_serves_agentcube_kinds_with_defaults(cluster):
+    ci = await cluster.kube.create(R.CODE_INTERPRETERS, h.NS, h.code_interpreter("ci"))
+    assert (ci["spec"]["sessionTimeout"], ci["spec"]["authMode"]) == ("15m", "picod")
+    assert ci["metadata"]["generation"] == 1
+    ar = await cluster.kube.create(R.AGENT_RUNTIMES, h.NS, h.agent_runtime("ar"))
+    assert ar["spec"]["maxSessionDuration"] == "8h"
+    with pytest.raises(Invalid, match="authMode"):
+        await cluster.kube.create(R.CODE_INTERPRETERS, h.NS,
+                                  h.code_interpreter("bad", authMode="token"))
