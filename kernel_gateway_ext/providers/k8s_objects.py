@@ -1,5 +1,5 @@
 """Pure decisions of the Kubernetes backend: templates from AgentCube CRs, the objects a session
-writes (the fast-path adoption patch, a SandboxClaim, a cold Sandbox, the identity Secret), and
+writes (the fast-path adoption patch, a SandboxClaim, a cold Sandbox), and
 what a Sandbox or Pod says about readiness and failure. No I/O here.
 
 Label and annotation keys are the wire contract of agent-sandbox (`agent-sandbox-api.md` §6) and
@@ -9,7 +9,6 @@ KernelCube's controller (its warm pools and GC), read them.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import secrets
 import string
@@ -267,21 +266,6 @@ def cold_sandbox_body(template: KubeTemplate, session_id: str, name: str, expire
         "spec": {"podTemplate": {"metadata": pod_meta, "spec": pod_spec},
                  "shutdownTime": rfc3339(expires_at), "shutdownPolicy": "Delete"},
     }
-
-
-def identity_secret(name: str, private_pem: str, public_pem: str) -> dict:
-    """Secret `picod-router-identity` as AgentCube's Router writes it (PKCS#1 and PKIX PEM)."""
-    return {"metadata": {"name": name, "labels": {"app": "agentcube", "component": "router"}},
-            "type": "Opaque",
-            "data": {"private.pem": base64.b64encode(private_pem.encode()).decode(),
-                     "public.pem": base64.b64encode(public_pem.encode()).decode()}}
-
-
-def secret_private_pem(secret: dict) -> bytes:
-    data = (secret.get("data") or {}).get("private.pem")
-    if not data:
-        raise ValueError(f"Secret {secret['metadata']['name']} has no private.pem")
-    return base64.b64decode(data)
 
 
 def expiry(template: Template, now: float | None = None) -> float:

@@ -29,6 +29,8 @@ import random
 import uuid
 from dataclasses import dataclass
 
+from kernelcube_wire.identity_secret import SECRET_NAME, ensure_identity
+
 from ..identity import Identity
 from ..kube import (
     AGENT_RUNTIMES,
@@ -56,7 +58,6 @@ START_SYNC_TIMEOUT = 30.0
 CLAIM_FAILURES = ("TemplateNotFound", "WarmPoolNotFound", "InvalidMetadata", "EnvVarsInjectionRejected",
                   "VolumeClaimTemplatesError", "ClaimExpired", "SandboxExpired", "InvalidConfiguration",
                   "PodFailed", "PodSucceeded", "ReconcilerError")
-IDENTITY_SECRET = "picod-router-identity"
 
 
 @dataclass
@@ -73,25 +74,30 @@ class KubeSettings:
                 "api_url": self.api_url}
 
 
-async def load_identity(settings: KubeSettings, secret: str = IDENTITY_SECRET) -> Identity:
-    """The signing key shared by every replica, from Secret `picod-router-identity`; whoever comes
-    first creates it (a create that answers 409 lost the race: read the winner's)."""
+async def load_identity(settings: KubeSettings) -> Identity:
+    """The signing key every replica shares, from Secret `picod-router-identity`; whoever comes
+    first (a replica or the controller) creates it, race-safe (`kernelcube_wire`)."""
     namespace = settings.identity_namespace or settings.namespaces[0]
     api = await KubeApi.connect(**settings.connection())
-    try:
+
+    async def create(body: dict) -> bool:
         try:
-            return Identity.from_pem(k.secret_private_pem(await api.get(SECRETS, namespace, secret)))
-        except NotFound:
-            pass
-        identity = Identity.generate()
-        try:
-            await api.create(SECRETS, namespace, k.identity_secret(secret, identity.private_pem, identity.public_pem))
-            log.info("created the signing key in Secret %s/%s", namespace, secret)
-            return identity
+            await api.create(SECRETS, namespace, body)
         except Conflict:
-            return Identity.from_pem(k.secret_private_pem(await api.get(SECRETS, namespace, secret)))
+            return False
+        return True
+
+    async def read() -> dict | None:
+        try:
+            return await api.get(SECRETS, namespace, SECRET_NAME)
+        except NotFound:
+            return None
+
+    try:
+        found = await ensure_identity(create, read, namespace)
     finally:
         await api.close()
+    return Identity.from_pem(found.private_pem)
 
 
 class KubernetesPool:

@@ -1,6 +1,6 @@
 """A whole fake cluster for the gateway's Kubernetes backend, on a loop in a thread of its own:
-the fake API server (real HTTP and watches), the agent-sandbox controller, and the test kubelet
-running every pod's container for real, as PicoD on a loopback address of its own
+the fake API server (real HTTP and watches), KernelCube's controller (agent-sandbox, with its
+CodeInterpreter reconciler), and the test kubelet running every pod's container for real, as PicoD on a loopback address of its own
 (127.77.x.y, the pod IP) with the container's environment and arguments.
 
 Its own thread, so that tests may block (the agentcube-sdk and `requests` are synchronous, and
@@ -35,27 +35,6 @@ from tests.support.gateway import REPO, SANDBOX_PYTHON
 CRD_DIR = Path(REPO) / "charts" / "kernelcube" / "crds"
 NS = "default"
 AGENTCUBE = "runtime.agentcube.volcano.sh"
-
-
-def _permissive_crd(kind: str, plural: str) -> dict:
-    """A stand-in CRD for a kind the chart does not ship yet (any spec accepted)."""
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.{AGENTCUBE}"},
-            "spec": {"group": AGENTCUBE, "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                     "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                                   "subresources": {"status": {}},
-                                   "schema": {"openAPIV3Schema": {
-                                       "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
-
-
-def cluster_crds() -> list[dict]:
-    crds = load_crds(CRD_DIR)
-    kinds = {crd["spec"]["names"]["kind"] for crd in crds}
-    for kind, plural in (("CodeInterpreter", "codeinterpreters"), ("AgentRuntime", "agentruntimes")):
-        if kind not in kinds:
-            crds.append(_permissive_crd(kind, plural))
-    return crds
 
 
 class PicodRuntime:
@@ -177,7 +156,7 @@ class Cluster:
         return self.run(wrapped())
 
     async def _start(self) -> None:
-        self.api = FakeApiServer(cluster_crds(), validate=self.validate)
+        self.api = FakeApiServer(load_crds(CRD_DIR), validate=self.validate)
         await self.api.start()
         self.url = self.api.url
         self.runtime = PicodRuntime(self.api.store, self.directory) if self.with_runtime else None
@@ -239,28 +218,6 @@ def code_interpreter(name: str, *, warm_pool_size: int = 0, args: tuple[str, ...
     return body
 
 
-def pool_objects(ci: dict, public_pem: str) -> tuple[dict, dict]:
-    """The SandboxTemplate and SandboxWarmPool a CodeInterpreter with a warm pool stands for
-    (what the controller's CodeInterpreter reconciler makes, named after the CI)."""
-    name, spec = ci["metadata"]["name"], ci["spec"]
-    container = {"name": "codeinterpreter", "image": spec["template"]["image"],
-                 "args": spec["template"].get("args") or [],
-                 "env": [*spec["template"].get("environment", []),
-                         {"name": "PICOD_AUTH_PUBLIC_KEY", "value": public_pem}],
-                 "ports": [{"containerPort": p["port"]} for p in spec.get("ports") or [{"port": 8080}]]}
-    template = {"metadata": {"name": name}, "spec": {
-        "podTemplate": {"metadata": {"labels": {"app": "kernelcube-sandbox"}},
-                        "spec": {"containers": [container]}},
-        "networkPolicyManagement": "Unmanaged"}}
-    pool = {"metadata": {"name": name}, "spec": {"replicas": spec.get("warmPoolSize", 0),
-                                                 "sandboxTemplateRef": {"name": name}}}
-    return template, pool
-
-
-def install(cluster: Cluster, ci: dict, public_pem: str) -> None:
-    """Create a CodeInterpreter and, with a warm pool, its template and pool."""
+def install(cluster: Cluster, ci: dict) -> None:
+    """Create a CodeInterpreter; the controller makes its SandboxTemplate and warm pool."""
     cluster.create("codeinterpreters", ci, group=AGENTCUBE)
-    if ci["spec"].get("warmPoolSize"):
-        template, pool = pool_objects(ci, public_pem)
-        cluster.create("sandboxtemplates", template)
-        cluster.create("sandboxwarmpools", pool)
