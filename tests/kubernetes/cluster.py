@@ -1,7 +1,8 @@
 """A whole fake cluster for the gateway's Kubernetes backend, on a loop in a thread of its own:
 the fake API server (real HTTP and watches), KernelCube's controller (agent-sandbox, with its
-CodeInterpreter reconciler), and the test kubelet running every pod's container for real, as PicoD on a loopback address of its own
-(127.77.x.y, the pod IP) with the container's environment and arguments.
+CodeInterpreter reconciler), and the test kubelet running every pod's container for real, as
+PicoD on a loopback address of its own (127.77.x.y, the pod IP) with the container's environment
+and arguments.
 
 Its own thread, so that tests may block (the agentcube-sdk and `requests` are synchronous, and
 gateways run as processes) while the cluster keeps answering.
@@ -118,11 +119,10 @@ class Cluster:
     """`with Cluster(tmp_path) as cluster:`; `cluster.url` is the API server's URL."""
 
     def __init__(self, directory: str, *, runtime: bool = True, controller: bool = True,
-                 namespaces: tuple[str, ...] = (NS,), validate: bool = True) -> None:
+                 validate: bool = True) -> None:
         self.directory = directory
         self.with_runtime = runtime
         self.with_controller = controller
-        self.namespaces = list(namespaces)
         self.validate = validate
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fake-cluster", daemon=True)
@@ -165,7 +165,7 @@ class Cluster:
         self.controller = None
         if self.with_controller:
             settings = Settings(leader_election=False, metrics_port=0, warm_wait=0.5, resync=30.0,
-                                identity="test", namespaces=self.namespaces)
+                                identity="test", namespaces=[])  # every namespace
             self.controller = Controller(KubeClient(await load_configuration(host=self.api.url)), settings)
             await self.controller.__aenter__()
             await self.controller.leading.wait()
@@ -218,6 +218,6 @@ def code_interpreter(name: str, *, warm_pool_size: int = 0, args: tuple[str, ...
     return body
 
 
-def install(cluster: Cluster, ci: dict) -> None:
+def install(cluster: Cluster, ci: dict, namespace: str = NS) -> None:
     """Create a CodeInterpreter; the controller makes its SandboxTemplate and warm pool."""
-    cluster.create("codeinterpreters", ci, group=AGENTCUBE)
+    cluster.create("codeinterpreters", ci, namespace=namespace, group=AGENTCUBE)

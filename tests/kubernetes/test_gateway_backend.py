@@ -293,6 +293,43 @@ def test_the_agentcube_sdk_against_the_kubernetes_backend(cluster, gateways):
              what="the session's Sandbox to be deleted by stop()")
 
 
+def test_agent_runtimes_and_other_namespaces(cluster, gateways):
+    """An AgentRuntime's session is a Sandbox of its own PodSpec, reached through the Router on
+    its target port; CRs of a second watched namespace are served under that namespace."""
+    from agentcube import CodeInterpreterClient
+
+    gateway = gateways(namespaces="default,team")
+    cluster.create("agentruntimes", {"metadata": {"name": "agent"}, "spec": {
+        "targetPort": [{"port": 8080, "protocol": "HTTP", "pathPrefix": "/"}],
+        "podTemplate": {"spec": {"containers": [{
+            "name": "agent", "image": "my-agent", "args": ["--no-kernel"],
+            "env": [{"name": "PICOD_AUTH_PUBLIC_KEY", "valueFrom": {"secretKeyRef": {
+                "name": "picod-router-identity", "key": "public.pem"}}}]}]}}}}, group="runtime.agentcube.volcano.sh")
+    router = gateway.url + "/v1/namespaces/default/agent-runtimes/agent/invocations"
+    wait_for(lambda: requests.get(router + "/health", headers=HEADERS, timeout=60).status_code != 404,
+             what="the agent runtime")
+    first = requests.get(router + "/health", headers=HEADERS, timeout=60)
+    assert first.status_code == 200 and first.json()["status"], first.text
+    session_id = first.headers["x-agentcube-session-id"]
+    again = requests.get(router + "/health", headers={"x-agentcube-session-id": session_id}, timeout=30)
+    assert again.status_code == 200 and again.headers["x-agentcube-session-id"] == session_id
+    requests.delete(f"{gateway.url}/v1/sessions/{session_id}", headers=HEADERS, timeout=30)
+
+    install(cluster, code_interpreter("py", warm_pool_size=1, args=("--no-kernel",)), namespace="team")
+    wait_template(gateway, "team/py")
+    wait_for(lambda: [s for s in cluster.objects("sandboxes", "team") if k.is_warm_member(s, "py", "py")
+                      and k.is_ready(s)], what="a warm member in team")
+    with CodeInterpreterClient(name="py", namespace="team", workload_manager_url=gateway.url,
+                               router_url=gateway.url, auth_token=TOKEN) as client:
+        assert client.execute_command("echo team") == "team\n"
+        sandbox = [s for s in cluster.objects("sandboxes", "team")
+                   if (s["metadata"].get("labels") or {}).get(k.SESSION_ID) == client.session_id]
+        assert sandbox, "the session's Sandbox is in namespace team"
+    only_in_team = requests.post(gateway.url + "/v1/namespaces/other/code-interpreters/py/invocations/api/execute",
+                                 json={"command": ["true"]}, headers=HEADERS, timeout=30)
+    assert only_in_team.status_code == 404
+
+
 def test_replicas_share_one_identity_secret(tmp_path):
     """Replicas (and the controller) starting together end up with one key; a gateway that
     cannot reach the API server refuses to start and says which settings to check."""
