@@ -211,8 +211,10 @@ def adoption_patch(sandbox: dict, template: KubeTemplate, session_id: str, expir
 
 
 def owner(template: KubeTemplate, api_version: str) -> dict:
+    """The CR as a claim's owner (deleting the CR ends its sessions, as upstream). No
+    blockOwnerDeletion: setting it would need update rights on the CR's finalizers."""
     return {"apiVersion": api_version, "kind": template.cr_kind, "name": template.cr_name,
-            "uid": template.uid, "controller": True, "blockOwnerDeletion": True}
+            "uid": template.uid, "controller": True}
 
 
 def claim_body(template: KubeTemplate, session_id: str, name: str, expires_at: float, api_version: str) -> dict:
