@@ -10,6 +10,11 @@ Phases:
 3. an unpaced burst, for the sustainable claims/s.
 Latency is claim POST -> the claim's watch event carrying both status.sandbox.name and Ready,
 which is what the k8s-agent-sandbox SDK waits for.
+
+Then session GC over a real redis-server (skipped without one): one pass over 10,000 session
+records with 0 due (the baseline) and with 100 expired, and over 1,000 records with 100
+expired, each deleting the session's SandboxClaim through the API. The goal: a pass costs what
+it collects, not what the store holds.
 """
 
 from __future__ import annotations
@@ -157,8 +162,89 @@ def _line(label: str, values: list[float]) -> str:
             f"n={len(ms)})")
 
 
+GC_TOTAL = 10_000
+GC_DUE = 100
+GC_TRIALS = 5
+
+
+async def _gc_bench(redis_url: str) -> dict:
+    from controller.kube import KubeClient, load_configuration
+    from controller.manager import Controller
+    from controller.settings import Settings
+    from controller.testing.apiserver import FakeApiServer, load_crds
+    from kernel_gateway_ext.store.base import SessionRecord
+    from kernel_gateway_ext.store.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    now = time.time()
+
+    def record(sid: str, expired: bool) -> SessionRecord:
+        # Records as the gateway's Kubernetes backend writes them; the claims do not exist,
+        # so each delete is one API round trip answered 404 (counted as done).
+        created = now - (7200 if expired else 60)
+        return SessionRecord(session_id=sid, template="ci", created_at=created,
+                             expires_at=created + 3600 if expired else now + 8 * 3600,
+                             last_activity=now, provider="kubernetes",
+                             sandbox={"kind": "SandboxClaim", "name": f"c-{sid}"})
+
+    async def fill(prefix: str, count: int, expired: bool) -> None:
+        for start in range(0, count, 500):
+            await asyncio.gather(*(store.create(record(f"{prefix}-{i}", expired))
+                                   for i in range(start, min(count, start + 500))))
+
+    results: dict = {}
+    async with FakeApiServer(load_crds(CRD_DIR), validate=False) as api:
+        settings = Settings(leader_election=False, metrics_port=0, identity="bench-gc",
+                            agentcube=False, redis_url=redis_url, gc_interval=3600.0)
+        controller = Controller(KubeClient(await load_configuration(host=api.url)), settings)
+        try:
+            async with controller:
+                await asyncio.wait_for(controller.leading.wait(), 30)
+                gc = controller.gc
+
+                async def timed_passes(total: int, due: int) -> list[float]:
+                    await store._redis.flushdb()
+                    await fill("live", total - due, expired=False)
+                    times = []
+                    for trial in range(GC_TRIALS):
+                        await fill(f"exp{trial}", due, expired=True)
+                        report = await gc.run_pass()
+                        assert report.expired == due, report
+                        times.append(report.seconds)
+                    return times
+
+                results["base"] = await timed_passes(GC_TOTAL, 0)
+                results["due"] = await timed_passes(GC_TOTAL, GC_DUE)
+                results["small"] = await timed_passes(GC_TOTAL // 10, GC_DUE)
+        finally:
+            await controller.kube.close()
+            await store.close()
+    return results
+
+
+def _run_gc() -> None:
+    import shutil
+    import tempfile
+
+    if shutil.which("redis-server") is None:
+        print("session GC: skipped (no redis-server on PATH)")
+        return
+    from tests.support.redis import RedisServer
+
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(tmp) as server:
+        r = asyncio.run(_gc_bench(server.url))
+    base, due, small = (statistics.median(r[k]) * 1000 for k in ("base", "due", "small"))
+    print(f"session GC: one pass, median of {GC_TRIALS}, real redis-server + fake API server")
+    print(f"  {GC_TOTAL} records, 0 due (baseline): {base:.1f} ms")
+    print(f"  {GC_TOTAL} records, {GC_DUE} expired: {due:.1f} ms "
+          f"({(due - base) / GC_DUE:.2f} ms per collected session; {due / base:.1f}x baseline)")
+    print(f"  {GC_TOTAL // 10} records, {GC_DUE} expired: {small:.1f} ms "
+          f"(10x the records costs {due / small:.2f}x: the pass follows the due, not the total)")
+
+
 def run() -> None:
-    """Print the controller's claim throughput and claim->bound latency percentiles."""
+    """Print the controller's claim throughput and claim->bound latency percentiles, then the
+    session GC pass figures."""
     results = asyncio.run(_bench())
     print("controller: claim -> bound (name + Ready), fake API server over loopback HTTP")
     print(f"  warm pool fill: {POOL} sandboxes Ready in {results['fill_s']:.2f} s "
@@ -171,6 +257,7 @@ def run() -> None:
     print(_line("burst latency", results["burst"]))
     print(f"  claim reconciles per claim: {results['claim_runs_per_claim']:.2f}; API writes "
           f"per claim, refill included: {results['writes_per_claim']:.1f}")
+    _run_gc()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -14,7 +15,10 @@ from controller.settings import Settings
 DESCRIPTION = """\
 Reconcile the agent-sandbox v1beta1 API (Sandbox, SandboxTemplate, SandboxWarmPool,
 SandboxClaim) so that warm sandboxes are ready for KernelCube sessions and for any tool written
-for kubernetes-sigs/agent-sandbox. Install the CRDs first (the Helm chart ships them).
+for kubernetes-sigs/agent-sandbox, and the AgentCube v1alpha1 API (CodeInterpreter → template +
+warm pool, AgentRuntime → template). With --redis-url it also garbage-collects sessions (idle,
+expired, orphaned) in the store the gateways share. Install the CRDs first (the Helm chart
+ships them).
 
 Cluster access: inside a pod the service account is used; elsewhere the kubeconfig
 ($KUBECONFIG or ~/.kube/config, or --kubeconfig/--context). --server talks to an API server
@@ -76,6 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gateway-label", action="append", default=[], metavar="KEY=VALUE",
                    help="label of those gateway pods; repeat for several (default: "
                    "app=sandbox-router)")
+    g = p.add_argument_group("AgentCube API (CodeInterpreter, AgentRuntime)")
+    g.add_argument("--no-agentcube", dest="agentcube", action="store_false",
+                   help="do not reconcile CodeInterpreters and AgentRuntimes (their CRDs are "
+                   "not installed)")
+    g.add_argument("--identity-namespace", default=None,
+                   help="namespace of Secret picod-router-identity, created if missing "
+                   "(default: $AGENTCUBE_NAMESPACE, else $POD_NAMESPACE, else default)")
+    g.add_argument("--pool-fill-warning", type=float, default=defaults.pool_fill_warning,
+                   help="seconds a CodeInterpreter's pool may go without filling before a "
+                   "Warning Event (default: %(default)s)")
+    g = p.add_argument_group("session garbage collection (leader only; needs --redis-url)")
+    g.add_argument("--redis-url", default=None,
+                   help="the gateways' session store, redis://[:password@]host:port/db "
+                   "(default: $KERNELCUBE_REDIS_URL; unset disables GC)")
+    g.add_argument("--redis-prefix", default=defaults.redis_prefix,
+                   help="key prefix the gateways use (default: none)")
+    g.add_argument("--gc-interval", type=float, default=defaults.gc_interval,
+                   help="seconds between GC passes (default: %(default)s)")
+    g.add_argument("--gc-batch", type=int, default=defaults.gc_batch,
+                   help="idle and expired sessions collected per pass, each (default: "
+                   "%(default)s)")
+    g.add_argument("--gc-pass-timeout", type=float, default=defaults.gc_pass_timeout,
+                   help="seconds one pass may take; the rest waits for the next (default: "
+                   "%(default)s)")
+    g.add_argument("--gc-orphan-grace", type=float, default=defaults.gc_orphan_grace,
+                   help="age in seconds before a record without objects, or a session-labelled "
+                   "Sandbox/claim without a record, counts as orphaned (default: %(default)s)")
+    g.add_argument("--gc-sweep-batch", type=int, default=defaults.gc_sweep_batch,
+                   help="records and session objects checked for orphans per pass; 0 disables "
+                   "the orphan sweeps (default: %(default)s)")
     g = p.add_argument_group("observability")
     g.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                    help="port of /metrics, /healthz and /readyz; 0 disables (default: "
@@ -100,7 +134,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         readiness_grace=args.readiness_grace, warm_wait=args.warm_wait,
         adopt_unready=args.adopt_unready, cluster_domain=args.cluster_domain,
         gateway_namespace=args.gateway_namespace, metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host)
+        metrics_host=args.metrics_host, agentcube=args.agentcube,
+        identity_namespace=args.identity_namespace or os.environ.get("AGENTCUBE_NAMESPACE")
+        or os.environ.get("POD_NAMESPACE") or "default",
+        pool_fill_warning=args.pool_fill_warning,
+        redis_url=args.redis_url or os.environ.get("KERNELCUBE_REDIS_URL", ""),
+        redis_prefix=args.redis_prefix, gc_interval=args.gc_interval, gc_batch=args.gc_batch,
+        gc_pass_timeout=args.gc_pass_timeout, gc_orphan_grace=args.gc_orphan_grace,
+        gc_sweep_batch=args.gc_sweep_batch)
     if args.allowed_label_domain:
         settings.allowed_label_domains = tuple(args.allowed_label_domain)
     if args.gateway_label:

@@ -72,6 +72,13 @@ class Informer:
         keys = self._indexes[name][1].get(value, ())
         return [self.objects[key] for key in keys if key in self.objects]
 
+    def has_index(self, name: str) -> bool:
+        return name in self._indexes
+
+    def index_values(self, name: str) -> list[str]:
+        """Every value of an index that some cached object holds (e.g. all session ids)."""
+        return [value for value, keys in self._indexes[name][1].items() if keys]
+
     def add_handler(self, handler: Handler) -> None:
         self.handlers.append(handler)
 

@@ -35,6 +35,23 @@ class Metrics:
         self.reconcile_errors = Counter(
             "kernelcube_reconcile_errors_total", "Reconciles that failed", ["kind"],
             registry=self.registry)
+        # Session garbage collection (controller.gc).
+        self.gc_sessions = Counter(
+            "kernelcube_gc_sessions_total", "Sessions collected (workload and record deleted)",
+            ["reason"], registry=self.registry)  # idle | expired
+        self.gc_workloads = Counter(
+            "kernelcube_gc_workloads_deleted_total", "Sandboxes and SandboxClaims deleted by GC",
+            ["kind", "reason"], registry=self.registry)  # reason: idle | expired | orphan
+        self.gc_orphans = Counter(
+            "kernelcube_gc_orphans_total", "Orphans cleaned: records whose objects are gone, "
+            "objects whose record is gone", ["kind"], registry=self.registry)  # record | workload
+        self.gc_errors = Counter(
+            "kernelcube_gc_errors_total", "GC deletes or passes that failed (retried next pass)",
+            registry=self.registry)
+        self.gc_pass_seconds = Histogram(
+            "kernelcube_gc_pass_seconds", "Duration of one GC pass",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+            registry=self.registry)
         self.leader = Gauge("kernelcube_controller_leader",
                             "1 while this replica holds the leader Lease", registry=self.registry)
 

@@ -75,7 +75,7 @@ async def test_code_interpreter_makes_template_and_pool_and_reports_ready(cluste
     assert pod["metadata"]["labels"]["team"] == "ml"
     assert pod["metadata"]["annotations"] == {"note": "x"}
     assert tpl["spec"]["networkPolicyManagement"] == "Unmanaged"
-    pool = pool_of(cluster)
+    pool = await h.wait_for(lambda: pool_of(cluster), 5, "pool")
     assert pool["spec"]["replicas"] == 2 and pool["spec"]["sandboxTemplateRef"]["name"] == "ci"
     for owned in (tpl, pool):
         (ref,) = owned["metadata"]["ownerReferences"]

@@ -24,7 +24,9 @@ def test_help_explains_access_namespaces_election_metrics_and_logging():
     out = subprocess.run([sys.executable, "-m", "controller", "--help"], capture_output=True,
                          text=True, timeout=60, check=True, env=env).stdout
     for words in ("--kubeconfig", "service account", "--namespace", "all namespaces",
-                  "--lease-name", "--lease-namespace", "--metrics-port", "--log-level"):
+                  "--lease-name", "--lease-namespace", "--metrics-port", "--log-level",
+                  "--redis-url", "--gc-interval", "--gc-batch", "--gc-orphan-grace",
+                  "--identity-namespace", "picod-router-identity", "--no-agentcube"):
         assert words in out, words
 
 
@@ -40,6 +42,25 @@ def test_arguments_become_settings():
     assert settings.leader_election is False and settings.warm_wait == 1.5
     assert settings.allowed_label_domains == ("example.org",)
     assert settings.identity  # defaults to the pod or host name
+
+
+def test_agentcube_and_gc_arguments_become_settings(monkeypatch):
+    monkeypatch.delenv("KERNELCUBE_REDIS_URL", raising=False)
+    monkeypatch.setenv("AGENTCUBE_NAMESPACE", "agentcube")
+    settings = settings_from(build_parser().parse_args([]))
+    assert settings.redis_url == "" and settings.identity_namespace == "agentcube"
+    assert (settings.gc_interval, settings.gc_batch, settings.agentcube) == (15.0, 100, True)
+    settings = settings_from(build_parser().parse_args([
+        "--redis-url", "redis://r:6379/0", "--gc-interval", "5", "--gc-batch", "50",
+        "--gc-pass-timeout", "30", "--gc-orphan-grace", "60", "--gc-sweep-batch", "0",
+        "--identity-namespace", "ids", "--no-agentcube", "--pool-fill-warning", "30"]))
+    assert settings.redis_url == "redis://r:6379/0" and settings.gc_interval == 5.0
+    assert (settings.gc_batch, settings.gc_pass_timeout, settings.gc_orphan_grace,
+            settings.gc_sweep_batch) == (50, 30.0, 60.0, 0)
+    assert settings.identity_namespace == "ids" and settings.agentcube is False
+    assert settings.pool_fill_warning == 30.0
+    monkeypatch.setenv("KERNELCUBE_REDIS_URL", "redis://env:6379/1")
+    assert settings_from(build_parser().parse_args([])).redis_url == "redis://env:6379/1"
 
 
 @pytest.mark.asyncio
