@@ -112,6 +112,14 @@ def test_code_interpreter_sessions_run_on_pods(cluster, gateways):
     missing = new_session(gateway, "nope")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
+    # With the in-memory store nothing may outlive the gateway: stopping it deletes the
+    # Sandboxes of its sessions.
+    last = new_session(gateway, "py").json()["session_id"]
+    name = wait_for(lambda: [s["metadata"]["name"] for s in cluster.objects("sandboxes")
+                             if (s["metadata"].get("labels") or {}).get(k.SESSION_ID) == last])[0]
+    gateway.stop()
+    wait_for(lambda: cluster.get("sandboxes", name) is None, what="the Sandbox to go with the gateway")
+
 
 def test_fast_path_under_contention_hands_each_sandbox_out_once(cluster, gateways, redis_server):
     """20 sessions at once on a pool of 5, through two replicas: every session gets a Sandbox of
@@ -130,6 +138,8 @@ def test_fast_path_under_contention_hands_each_sandbox_out_once(cluster, gateway
         responses = list(pool.map(one, range(20)))
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses if r.status_code != 201]
     sessions = [r.json()["session_id"] for r in responses]
+    # A drained pool refills in the cluster: the replicas stay ready meanwhile.
+    assert requests.get(first.url + "/health/ready", timeout=10).status_code == 200
     records = {sid: stored(redis_server.url, sid) for sid in sessions}
     sandboxes = [info["sandboxId"] for info in records.values()]
     assert len(set(sandboxes)) == 20, "a Sandbox was handed out twice"
@@ -147,6 +157,7 @@ def test_fast_path_under_contention_hands_each_sandbox_out_once(cluster, gateway
             assert claim["metadata"]["labels"][k.SESSION_ID] == sid
             assert sandbox["metadata"]["ownerReferences"][0]["uid"] == claim["metadata"]["uid"]
     assert 1 <= fast <= 20 and fast + sum(1 for i in records.values() if i["kind"] == "SandboxClaim") == 20
+    print(f"{fast} sessions took the fast path, {20 - fast} went through SandboxClaims")
     # Each session reaches its own pod.
     for i, sid in enumerate(sessions):
         out = execute(first if i % 3 else second, sid, "echo $PWD", "bash")
