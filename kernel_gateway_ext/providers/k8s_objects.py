@@ -35,6 +35,9 @@ SANDBOX_NAME = "runtime.agentcube.io/sandbox-name"
 IDLE_TIMEOUT = "runtime.agentcube.io/idle-timeout"
 MANAGED_BY = "managed-by"
 MANAGER = "kernelcube-gateway"
+# When a session took the object: a warm Sandbox was created long before its session, so its
+# age alone does not tell a garbage collector whether its session record can exist yet.
+SESSION_STARTED_AT = "kernelcube.io/session-started-at"
 
 # Waiting reasons of a container that will not start by itself.
 STUCK_CONTAINER = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
@@ -193,8 +196,9 @@ def adoption_patch(sandbox: dict, template: KubeTemplate, session_id: str, expir
     member fewer and refills) and safe-to-evict, marks it warm-launched, and replaces its owner
     references (none: no claim owns it; deleting the CR or the pool no longer takes it along).
     The resourceVersion makes it conditional: a Sandbox someone took meanwhile answers 409.
-    The session's labels let the GC pair it with its record; `shutdownTime` bounds its life
-    even if every gateway and the GC were gone.
+    The session's labels let the GC pair it with its record (and `SESSION_STARTED_AT` tells it
+    the session is new, though the Sandbox is not); `shutdownTime` bounds its life even if every
+    gateway and the GC were gone.
     """
     meta = sandbox["metadata"]
     return {
@@ -202,7 +206,8 @@ def adoption_patch(sandbox: dict, template: KubeTemplate, session_id: str, expir
             "resourceVersion": meta["resourceVersion"],
             "labels": {WARM_POOL_SANDBOX: None, TEMPLATE_HASH: None, POD_TEMPLATE_HASH: None,
                        LAUNCH_TYPE: "warm", **_session_labels(template, session_id)},
-            "annotations": {POD_NAME_ANNOTATION: meta["name"], IDLE_TIMEOUT: go_duration(template.session_timeout)},
+            "annotations": {POD_NAME_ANNOTATION: meta["name"], IDLE_TIMEOUT: go_duration(template.session_timeout),
+                            SESSION_STARTED_AT: rfc3339(time.time())},
             "ownerReferences": None,
         },
         "spec": {"shutdownTime": rfc3339(expires_at), "shutdownPolicy": "Delete",

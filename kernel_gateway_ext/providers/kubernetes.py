@@ -272,6 +272,13 @@ class KubernetesProvider(SandboxProvider):
     # -- claiming ----------------------------------------------------------------------------
 
     async def claim(self, pool: KubernetesPool, timeout: float, session_id: str) -> tuple[Sandbox, str]:
+        try:
+            return await self._claim(pool, timeout, session_id)
+        except KubeError as exc:
+            raise SandboxStartError(f"the Kubernetes API server refused or failed a call for a new session "
+                                    f"of {pool.template.name!r}: {exc}") from exc
+
+    async def _claim(self, pool: KubernetesPool, timeout: float, session_id: str) -> tuple[Sandbox, str]:
         template = pool.template
         assert isinstance(template, k.KubeTemplate) and self.api is not None
         expires_at = k.expiry(template)

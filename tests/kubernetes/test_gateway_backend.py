@@ -70,6 +70,13 @@ def result(execution: dict) -> str:
     return execution["results"][0]["text/plain"]
 
 
+def stored_kind(cluster: Cluster, session_id: str) -> str:
+    """How the session's Sandbox was had: its launch type, if the session holds it directly."""
+    found = [s for s in cluster.objects("sandboxes")
+             if (s["metadata"].get("labels") or {}).get(k.SESSION_ID) == session_id]
+    return found[0]["metadata"]["labels"][k.LAUNCH_TYPE] if found else "claim"
+
+
 def stored(redis_url: str, session_id: str) -> dict:
     raw = redis.Redis.from_url(redis_url).get(f"session:{session_id}")
     assert raw is not None
@@ -108,12 +115,23 @@ def test_code_interpreter_sessions_run_on_pods(cluster, gateways):
     wait_for(lambda: cluster.get("sandboxes", name) is None, what="the Sandbox to be deleted")
     wait_for(lambda: cluster.runtime.alive() < alive, what="the pod's PicoD to stop")
 
+    # Watches that end (an API server restart), or whose history is gone (410), are resumed or
+    # relisted: new warm members are still seen and taken.
+    cluster.call(cluster.api.compact)
+    taken = [new_session(gateway, "py").json()["session_id"]]
+    wait_for(lambda: len(warm_ready(cluster, "py")) == 2, what="a member made after the compaction")
+    taken += [new_session(gateway, "py").json()["session_id"] for _ in range(2)]
+    assert [stored_kind(cluster, sid) for sid in taken] == ["warm"] * 3
+    for sid in taken:
+        requests.delete(f"{gateway.url}/v1/sessions/{sid}", headers=HEADERS, timeout=30)
+
     # A name the cluster does not know is the usual 404.
     missing = new_session(gateway, "nope")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
     # With the in-memory store nothing may outlive the gateway: stopping it deletes the
     # Sandboxes of its sessions.
+    wait_for(lambda: len(warm_ready(cluster, "py")) == 2, what="the pool to refill")
     last = new_session(gateway, "py").json()["session_id"]
     name = wait_for(lambda: [s["metadata"]["name"] for s in cluster.objects("sandboxes")
                              if (s["metadata"].get("labels") or {}).get(k.SESSION_ID) == last])[0]

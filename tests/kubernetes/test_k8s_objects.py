@@ -64,6 +64,7 @@ def test_warm_members_and_the_fast_path_patch():
     assert meta["labels"][k.WARM_POOL_SANDBOX] is None and meta["labels"][k.TEMPLATE_HASH] is None
     assert meta["labels"][k.SESSION_ID] == "s-1" and meta["labels"][k.LAUNCH_TYPE] == "warm"
     assert meta["ownerReferences"] is None and meta["annotations"][k.IDLE_TIMEOUT] == "15m0s"
+    assert meta["annotations"][k.SESSION_STARTED_AT].startswith("20")
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
 
 
