@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
+import signal
 import threading
 import time
 
@@ -289,8 +291,10 @@ def test_two_gateways_on_one_redis_serve_each_others_sessions_across_a_restart(c
             await channels.close()
     assert asyncio.run(over_websocket(second, "x += 1\nx")) == "42"
 
-    # A replica stops mid-session: the other serves on; back on its port, it serves again.
+    # A replica dies mid-session (SIGKILL: no shutdown at all): the other serves on; restarted
+    # on its port, it serves the session again, variables and all.
     port = first.url.rsplit(":", 1)[1]
+    os.killpg(first.proc.pid, signal.SIGKILL)
     first.stop()
     assert result(execute(second, session_id, "x")) == "42"
     restarted = gateways(redis_server.url, int(port))
