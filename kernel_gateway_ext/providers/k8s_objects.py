@@ -42,6 +42,7 @@ SESSION_STARTED_AT = "kernelcube.io/session-started-at"
 # Waiting reasons of a container that will not start by itself.
 STUCK_CONTAINER = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                    "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+CR_GROUP, CR_VERSION = "runtime.agentcube.volcano.sh", "v1alpha1"
 DEFAULT_PORTS = ({"port": 8080, "protocol": "HTTP", "pathPrefix": "/"},)
 CI_CONTAINER = "code-interpreter"
 
@@ -194,7 +195,8 @@ def adoption_patch(sandbox: dict, template: KubeTemplate, session_id: str, expir
 
     As the controller's claim adoption does, it drops the pool's labels (so the pool counts a
     member fewer and refills) and safe-to-evict, marks it warm-launched, and replaces its owner
-    references (none: no claim owns it; deleting the CR or the pool no longer takes it along).
+    references: no claim controls it, and the pool no longer does; the CR owns it (not as its
+    controller), so deleting the CR ends its sessions, as it ends those that came by a claim.
     The resourceVersion makes it conditional: a Sandbox someone took meanwhile answers 409.
     The session's labels let the GC pair it with its record (and `SESSION_STARTED_AT` tells it
     the session is new, though the Sandbox is not); `shutdownTime` bounds its life even if every
@@ -208,28 +210,28 @@ def adoption_patch(sandbox: dict, template: KubeTemplate, session_id: str, expir
                        LAUNCH_TYPE: "warm", **_session_labels(template, session_id)},
             "annotations": {POD_NAME_ANNOTATION: meta["name"], IDLE_TIMEOUT: go_duration(template.session_timeout),
                             SESSION_STARTED_AT: rfc3339(time.time())},
-            "ownerReferences": None,
+            "ownerReferences": [owner(template, controller=False)] if template.uid else None,
         },
         "spec": {"shutdownTime": rfc3339(expires_at), "shutdownPolicy": "Delete",
                  "podTemplate": {"metadata": {"annotations": {SAFE_TO_EVICT: None}}}},
     }
 
 
-def owner(template: KubeTemplate, api_version: str) -> dict:
-    """The CR as a claim's owner (deleting the CR ends its sessions, as upstream). No
-    blockOwnerDeletion: setting it would need update rights on the CR's finalizers."""
-    return {"apiVersion": api_version, "kind": template.cr_kind, "name": template.cr_name,
-            "uid": template.uid, "controller": True}
+def owner(template: KubeTemplate, controller: bool = True) -> dict:
+    """The CR as the owner of a session's objects (deleting the CR ends its sessions, as
+    upstream). No blockOwnerDeletion: that would need update rights on the CR's finalizers."""
+    return {"apiVersion": f"{CR_GROUP}/{CR_VERSION}", "kind": template.cr_kind, "name": template.cr_name,
+            "uid": template.uid, "controller": controller}
 
 
-def claim_body(template: KubeTemplate, session_id: str, name: str, expires_at: float, api_version: str) -> dict:
+def claim_body(template: KubeTemplate, session_id: str, name: str, expires_at: float) -> dict:
     """A SandboxClaim on the CR's warm pool (named after the CR), deleted at the session's end
     of life by its own controller if nothing else did it first."""
     meta: dict = {"name": name, "labels": {**_session_labels(template, session_id), SANDBOX_NAME: name,
                                            CREATED_BY: MANAGER},
                   "annotations": {IDLE_TIMEOUT: go_duration(template.session_timeout)}}
     if template.uid:
-        meta["ownerReferences"] = [owner(template, api_version)]
+        meta["ownerReferences"] = [owner(template)]
     return {"metadata": meta, "spec": {
         "warmPoolRef": {"name": template.cr_name},
         "lifecycle": {"shutdownTime": rfc3339(expires_at), "shutdownPolicy": "Delete"}}}
@@ -266,10 +268,12 @@ def cold_sandbox_body(template: KubeTemplate, session_id: str, name: str, expire
                     "annotations": dict(pod_template.get("annotations") or {})}
         pod_spec = dict(pod_template.get("spec") or {})
     pod_meta["labels"].update({SESSION_ID: session_id, SANDBOX_NAME: name})
+    meta: dict = {"name": name, "labels": {**_session_labels(template, session_id), LAUNCH_TYPE: "cold"},
+                  "annotations": {IDLE_TIMEOUT: go_duration(template.session_timeout), POD_NAME_ANNOTATION: name}}
+    if template.uid:
+        meta["ownerReferences"] = [owner(template, controller=False)]
     return {
-        "metadata": {"name": name, "labels": {**_session_labels(template, session_id), LAUNCH_TYPE: "cold"},
-                     "annotations": {IDLE_TIMEOUT: go_duration(template.session_timeout),
-                                     POD_NAME_ANNOTATION: name}},
+        "metadata": meta,
         "spec": {"podTemplate": {"metadata": pod_meta, "spec": pod_spec},
                  "shutdownTime": rfc3339(expires_at), "shutdownPolicy": "Delete"},
     }

@@ -343,7 +343,7 @@ class KubernetesProvider(SandboxProvider):
         assert self.api is not None
         ns = template.namespace
         name = _object_name(template.cr_name)
-        body = k.claim_body(template, session_id, name, expires_at, CODE_INTERPRETERS.api_version)
+        body = k.claim_body(template, session_id, name, expires_at)
         claim = await self.api.create(CLAIMS, ns, body)
         handle = {"kind": "SandboxClaim", "name": name, "uid": claim["metadata"]["uid"]}
         try:

@@ -102,7 +102,8 @@ def test_code_interpreter_sessions_run_on_pods(cluster, gateways):
                              if (s["metadata"].get("labels") or {}).get(k.SESSION_ID) == session_id])
     labels = mine[0]["metadata"]["labels"]
     assert labels[k.LAUNCH_TYPE] == "warm" and k.WARM_POOL_SANDBOX not in labels
-    assert labels[k.WORKLOAD_NAME] == "py" and not mine[0]["metadata"].get("ownerReferences")
+    assert labels[k.WORKLOAD_NAME] == "py"
+    assert [r["kind"] for r in mine[0]["metadata"]["ownerReferences"]] == ["CodeInterpreter"]
     wait_for(lambda: len(warm_ready(cluster, "py")) == 2, what="the pool to refill")
 
     # The session's kernel runs in that pod: state persists between calls.
@@ -219,7 +220,15 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
     assert execute(gateway, cold.json()["session_id"], "echo cold", "bash")["stdout"] == "cold\n"
     requests.delete(f"{gateway.url}/v1/sessions/{cold.json()['session_id']}", headers=HEADERS, timeout=30)
     wait_for(lambda: cluster.get("sandboxes", info["sandboxId"]) is None, what="the cold Sandbox to be deleted")
-    requests.delete(f"{gateway.url}/v1/sessions/{warm}", headers=HEADERS, timeout=30)
+
+    # Deleting a CodeInterpreter ends its sessions, as upstream: their Sandboxes go with it,
+    # and the next call on one says its sandbox is gone.
+    warm_sandbox = stored(redis_server.url, warm)["sandboxId"]
+    cluster.delete("codeinterpreters", "fb")
+    wait_for(lambda: cluster.get("sandboxes", warm_sandbox) is None, what="the session's Sandbox to go with its CR")
+    gone = requests.post(gateway.url + "/v1/execute", json={"code": "echo", "language": "bash", "session_id": warm},
+                         headers=HEADERS, timeout=30)
+    assert gone.status_code == 410 and gone.json()["code"] == "SANDBOX_GONE", gone.text
 
 
 def test_scheduling_failures_surface_at_once(cluster, gateways):

@@ -63,7 +63,9 @@ def test_warm_members_and_the_fast_path_patch():
     assert meta["resourceVersion"] == "41"  # the precondition: 409 if someone took it first
     assert meta["labels"][k.WARM_POOL_SANDBOX] is None and meta["labels"][k.TEMPLATE_HASH] is None
     assert meta["labels"][k.SESSION_ID] == "s-1" and meta["labels"][k.LAUNCH_TYPE] == "warm"
-    assert meta["ownerReferences"] is None and meta["annotations"][k.IDLE_TIMEOUT] == "15m0s"
+    assert meta["ownerReferences"] == [{"apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter",
+                                        "name": "py", "uid": "u-1", "controller": False}]
+    assert meta["annotations"][k.IDLE_TIMEOUT] == "15m0s"
     assert meta["annotations"][k.SESSION_STARTED_AT].startswith("20")
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
 
@@ -72,7 +74,7 @@ def test_claims_and_cold_sandboxes_carry_the_session():
     t = k.template_from(ci(authMode="picod", template={"image": "picod", "args": ["--no-kernel"],
                                                        "environment": [{"name": "A", "value": "1"}],
                                                        "runtimeClassName": "kata"}), "team/py")
-    claim = k.claim_body(t, "s-1", "py-abcdefgh", 0, "runtime.agentcube.volcano.sh/v1alpha1")
+    claim = k.claim_body(t, "s-1", "py-abcdefgh", 0)
     assert claim["spec"]["warmPoolRef"] == {"name": "py"}
     assert claim["metadata"]["labels"][k.SESSION_ID] == "s-1"
     assert claim["metadata"]["ownerReferences"][0]["uid"] == "u-1"
