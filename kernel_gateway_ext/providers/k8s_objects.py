@@ -249,6 +249,12 @@ def _code_interpreter_pod(spec: dict, public_pem: str) -> tuple[dict, dict]:
     for key in ("imagePullPolicy", "command", "args", "resources"):
         if tpl.get(key):
             container[key] = tpl[key]
+    # Ready only once PicoD answers (its /health is 200 once its kernel did): a session is
+    # handed a pod that can serve its first call, as upstream's Workload Manager probes it.
+    first = (spec.get("ports") or DEFAULT_PORTS)[0]
+    container["readinessProbe"] = {"httpGet": {"path": "/health", "port": first["port"],
+                                               "scheme": first.get("protocol", "HTTP")},
+                                   "periodSeconds": 1, "failureThreshold": 1}
     pod_spec: dict = {"containers": [container], "automountServiceAccountToken": False}
     if tpl.get("runtimeClassName"):
         pod_spec["runtimeClassName"] = tpl["runtimeClassName"]

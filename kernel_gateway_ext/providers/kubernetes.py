@@ -284,7 +284,8 @@ class KubernetesProvider(SandboxProvider):
         expires_at = k.expiry(template)
         sandbox = await self._adopt_warm(template, session_id, expires_at)
         if sandbox is not None:
-            return self._sandbox(template, sandbox, {"kind": "Sandbox", "name": sandbox["metadata"]["name"]}), "warm"
+            meta = sandbox["metadata"]
+            return self._sandbox(template, sandbox, {"kind": "Sandbox", "name": meta["name"], "uid": meta["uid"]}), "warm"
         deadline = asyncio.get_running_loop().time() + timeout
         pool.creating += 1
         pool.waiting += 1
@@ -419,9 +420,13 @@ class KubernetesProvider(SandboxProvider):
             waiter.close()
 
     def _sandbox(self, template: k.KubeTemplate, obj: dict, handle: dict) -> Sandbox:
+        """`handle`: the object that ends with the session (kind, name, uid), plus the Sandbox's
+        uid and pod IP, by which `is_alive` tells this pod from a replacement."""
         ip = k.pod_ip(obj)
         return Sandbox(id=obj["metadata"]["name"], template=template.name, endpoint=k.endpoint(template, ip),
-                       handle={"namespace": template.namespace, **handle}, entry_points=k.entry_points(template, ip))
+                       handle={"namespace": template.namespace, **handle, "sandbox_uid": obj["metadata"]["uid"],
+                               "pod_ip": ip},
+                       entry_points=k.entry_points(template, ip))
 
     # -- the SandboxProvider lifecycle -------------------------------------------------------
 
@@ -453,7 +458,10 @@ class KubernetesProvider(SandboxProvider):
             raise
 
     async def is_alive(self, sandbox: Sandbox) -> bool:
-        """From the watch cache; a Sandbox the cache has not seen yet is read from the API."""
+        """From the watch cache (a Sandbox the cache has not seen yet is read from the API).
+        The session's pod, not just a Sandbox of that name: a Sandbox re-created under the name
+        (a claim healing itself) or a pod re-created elsewhere (an eviction) has lost the
+        session's state, so the session is over."""
         namespace = sandbox.handle.get("namespace") or self.primary
         obj = self.sandboxes.get(namespace, sandbox.id)
         if obj is None:
@@ -462,6 +470,10 @@ class KubernetesProvider(SandboxProvider):
                 obj = await self.api.get(SANDBOXES, namespace, sandbox.id)
             except NotFound:
                 return False
+        handle = sandbox.handle
+        if handle.get("sandbox_uid") not in (None, obj["metadata"]["uid"]) or \
+                handle.get("pod_ip") not in (None, k.pod_ip(obj)):
+            return False
         return not k.is_deleting(obj) and not k.failure(obj, self.pods.get(namespace, _pod_name(obj)))
 
     async def sweep(self, keep: set[str]) -> int:

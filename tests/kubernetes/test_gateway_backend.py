@@ -203,9 +203,17 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
     assert claim["status"]["sandbox"]["name"] == info["sandboxId"]
     assert claim["spec"]["lifecycle"]["shutdownPolicy"] == "Delete"
     assert execute(gateway, claimed.json()["session_id"], "echo claimed", "bash")["stdout"] == "claimed\n"
-    requests.delete(f"{gateway.url}/v1/sessions/{claimed.json()['session_id']}", headers=HEADERS, timeout=30)
+    # Its pod is lost (the claim then gets a new Sandbox: another pod, without the session's
+    # state): the session is over, said with a 410, and its claim is deleted.
+    cluster.delete("sandboxes", info["sandboxId"])
+
+    def call() -> int:
+        return requests.post(gateway.url + "/v1/execute", headers=HEADERS, timeout=30, json={
+            "code": "echo", "language": "bash", "session_id": claimed.json()["session_id"]}).status_code
+    statuses: list[int] = []
+    wait_for(lambda: statuses.append(call()) or statuses[-1] != 200, what="the session to end")
+    assert statuses[-1] == 410, statuses
     wait_for(lambda: cluster.get("sandboxclaims", info["name"]) is None, what="the claim to be deleted")
-    wait_for(lambda: cluster.get("sandboxes", info["sandboxId"]) is None, what="its Sandbox to go with it")
 
     # A CodeInterpreter without a warm pool: the gateway makes the session's own Sandbox.
     install(cluster, code_interpreter("cold", args=("--no-kernel",)))
@@ -288,6 +296,8 @@ def test_two_gateways_on_one_redis_serve_each_others_sessions_across_a_restart(c
     install(cluster, code_interpreter("shared", warm_pool_size=1))
     wait_for(lambda: len(warm_ready(cluster, "shared")) == 1, what="a warm pool of 1")
     session_id = new_session(first, "shared").json()["session_id"]
+    wait_for(lambda: len(warm_ready(cluster, "shared")) == 1, what="the pool to refill")
+    doomed = new_session(first, "shared").json()["session_id"]
     assert result(execute(first, session_id, "x = 41\nx")) == "41"
     assert result(execute(second, session_id, "x + 1")) == "42"
 
@@ -306,7 +316,11 @@ def test_two_gateways_on_one_redis_serve_each_others_sessions_across_a_restart(c
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.stop()
     assert result(execute(second, session_id, "x")) == "42"
+    # While it is down, the pod of another session goes away: the restarted replica ends that
+    # session (its record) and keeps the other.
+    cluster.delete("sandboxes", stored(redis_server.url, doomed)["sandboxId"])
     restarted = gateways(redis_server.url, int(port))
+    assert requests.get(f"{restarted.url}/v1/sessions/{doomed}", headers=HEADERS, timeout=10).status_code == 404
     assert result(execute(restarted, session_id, "x * 10")) == "420"
     listed = requests.get(f"{restarted.url}/v1/sessions/{session_id}", headers=HEADERS, timeout=10)
     assert listed.status_code == 200 and listed.json()["template"] == "shared"

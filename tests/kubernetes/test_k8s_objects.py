@@ -83,6 +83,7 @@ def test_claims_and_cold_sandboxes_carry_the_session():
     assert pod["containers"][0]["env"] == [{"name": "A", "value": "1"}, {"name": "PICOD_AUTH_PUBLIC_KEY", "value": "PEM"}]
     assert pod["containers"][0]["args"] == ["--no-kernel"] and pod["runtimeClassName"] == "kata"
     assert pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8080, "scheme": "HTTP"}
     assert body["metadata"]["labels"][k.LAUNCH_TYPE] == "cold"
     no_auth = k.template_from(ci(authMode="none"), "py")
     env = k.cold_sandbox_body(no_auth, "s", "n", 0, "PEM")["spec"]["podTemplate"]["spec"]["containers"][0]["env"]
