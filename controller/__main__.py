@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gateway-label", action="append", default=[], metavar="KEY=VALUE",
                    help="label of those gateway pods; repeat for several (default: "
                    "app=sandbox-router)")
+    g.add_argument("--no-agent-sandbox", dest="agent_sandbox", action="store_false",
+                   help="leave Sandboxes, SandboxTemplates, SandboxWarmPools and SandboxClaims to "
+                   "an already-installed upstream agent-sandbox controller; only the AgentCube "
+                   "reconcilers and session GC run")
     g = p.add_argument_group("AgentCube API (CodeInterpreter, AgentRuntime)")
     g.add_argument("--no-agentcube", dest="agentcube", action="store_false",
                    help="do not reconcile CodeInterpreters and AgentRuntimes (their CRDs are "
@@ -134,7 +138,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         readiness_grace=args.readiness_grace, warm_wait=args.warm_wait,
         adopt_unready=args.adopt_unready, cluster_domain=args.cluster_domain,
         gateway_namespace=args.gateway_namespace, metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host, agentcube=args.agentcube,
+        metrics_host=args.metrics_host, agentcube=args.agentcube, agent_sandbox=args.agent_sandbox,
         identity_namespace=args.identity_namespace or os.environ.get("AGENTCUBE_NAMESPACE")
         or os.environ.get("POD_NAMESPACE") or "default",
         pool_fill_warning=args.pool_fill_warning,

@@ -198,6 +198,8 @@ class Controller:
                  ("pool", self.pool_reconciler, s.pool_workers),
                  ("claim", self.claim_reconciler, s.claim_workers),
                  ("template", self.template_reconciler, s.template_workers)]
+        if not s.agent_sandbox:  # upstream reconciles them; the informers still feed ours
+            kinds = []
         self.agentcube = {}
         if s.agentcube:
             self.agentcube = {"codeinterpreter": informer(CODE_INTERPRETERS),

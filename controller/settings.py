@@ -44,6 +44,9 @@ class Settings:
     identity: str = ""
     # The AgentCube API (CodeInterpreter, AgentRuntime); off when its CRDs are not installed.
     agentcube: bool = True
+    # False when an upstream agent-sandbox controller reconciles Sandboxes, templates, pools and
+    # claims: only the AgentCube reconcilers and GC run here, reading those objects.
+    agent_sandbox: bool = True
     agentcube_workers: int = 2
     identity_namespace: str = "default"  # where Secret picod-router-identity lives
     pool_fill_warning: float = 120.0  # a pool not growing for this long gets a Warning Event

@@ -6,6 +6,7 @@ observedGeneration; Events for a bad image, an unfillable pool and a name confli
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -211,3 +212,17 @@ async def test_a_template_of_the_same_name_owned_by_another_is_left_alone(cluste
     assert image_of(template_of(cluster)) == "picod:latest"
     assert template_of(cluster)["spec"]["podTemplate"]["spec"]["containers"][0]["name"] == "picod"
     assert pool_of(cluster) is None
+
+
+@pytest.mark.asyncio
+async def test_with_an_upstream_agent_sandbox_controller_only_agentcube_runs(cluster, make_controller):
+    """`--no-agent-sandbox`: the CodeInterpreter still becomes a template and a pool, but filling
+    the pool is left to the upstream controller (so none of ours creates a Sandbox)."""
+    await make_controller(agent_sandbox=False)
+    await cluster.kube.create(R.CODE_INTERPRETERS, h.NS, h.code_interpreter("ci", warmPoolSize=2))
+    await h.wait_for(lambda: template_of(cluster) and pool_of(cluster), 5, "template and pool")
+    await cluster.kube.create(R.CLAIMS, h.NS, h.claim("c1", "ci"))
+    await h.wait_for(lambda: condition(ci_of(cluster), "Reconciled"), 5, "the CodeInterpreter's status")
+    await asyncio.sleep(1.0)  # what ours would have done by now: a pool member and the claim's
+    assert cluster.api.objects("sandboxes", h.NS) == []
+    assert not cluster.api.get("sandboxclaims", h.NS, "c1").get("status")

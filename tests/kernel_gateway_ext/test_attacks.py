@@ -252,7 +252,7 @@ async def test_modules_planted_in_the_workspace_never_run_as_picod(jp_fetch, gat
     assert got.body == b"payload"
     await run(jp_fetch, "ls -la; true", session, "bash")
     sandbox = await sandbox_of(gateway, session)
-    client = gateway.sessions._client(await gateway.store.get(session))
+    client = gateway.sessions.client(await gateway.store.get(session))
     # The user's own kernel may well choke on the planted modules (503, kernel not restarted);
     # what matters is what ran as PicoD.
     restarted = await client.call_json("POST", "/api/kernel/restart", None,
