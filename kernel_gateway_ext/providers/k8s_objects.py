@@ -163,6 +163,18 @@ def is_warm_member(sandbox: dict, pool: str, template: str) -> bool:
     return bool(refs) and refs[0].get("kind") == "SandboxWarmPool" and refs[0].get("name") == pool
 
 
+def built_from(sandbox: dict, template: KubeTemplate) -> bool:
+    """Was this warm member built from the CR as it is now (image, command, args)? After a
+    spec change the controller replaces older members, but a session must not take one in
+    the meantime: it would run the old image."""
+    if template.cr_kind != "CodeInterpreter":
+        return True
+    containers = (((sandbox.get("spec") or {}).get("podTemplate") or {}).get("spec") or {}).get("containers") or [{}]
+    have, want = containers[0], template.spec.get("template") or {}
+    return have.get("image") == want.get("image") and all(
+        (have.get(key) or []) == (want.get(key) or []) for key in ("command", "args"))
+
+
 def failure(sandbox: dict | None, pod: dict | None) -> str:
     """Why a Sandbox will not become Ready by itself ("" while it may): the pod cannot be
     scheduled, a container cannot start, or the pod ended."""

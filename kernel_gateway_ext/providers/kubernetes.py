@@ -314,7 +314,7 @@ class KubernetesProvider(SandboxProvider):
         for name in names:
             member = self.sandboxes.get(ns, name)
             if (ns, name) in self._reserved or member is None or not k.is_ready(member) or \
-                    not k.is_warm_member(member, pool_name, template_name):
+                    not k.is_warm_member(member, pool_name, template_name) or not k.built_from(member, template):
                 continue
             self._reserved.add((ns, name))
             try:

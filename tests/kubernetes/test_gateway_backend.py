@@ -239,6 +239,38 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
     assert gone.status_code == 410 and gone.json()["code"] == "SANDBOX_GONE", gone.text
 
 
+def test_a_spec_change_reaches_new_sessions_only(cluster, gateways, redis_server):
+    """Right after a CodeInterpreter's image changes, before the controller has replaced the
+    warm members of the old image, a new session waits for one of the new image instead of
+    taking an old one; a running session keeps its pod."""
+    gateway = gateways(redis_server.url)
+    install(cluster, code_interpreter("roll", warm_pool_size=2, args=("--no-kernel",), image="picod:1"))
+    wait_for(lambda: len(warm_ready(cluster, "roll")) == 2, what="a warm pool of 2")
+    before = new_session(gateway, "roll").json()["session_id"]
+    wait_for(lambda: len(warm_ready(cluster, "roll")) == 2, what="the pool to refill")
+    cluster.run(cluster.controller.close())  # the controller is slow to react, say
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            cluster.patch("codeinterpreters", "roll", {"spec": {"template": {"image": "picod:2"}}})
+            time.sleep(0.3)  # the gateway's watch has seen the change
+            pending = pool.submit(new_session, gateway, "roll")
+            time.sleep(0.3)
+            assert not pending.done(), "a session took a warm member of the old image"
+        finally:
+            cluster.run(cluster.controller.__aenter__())
+        after = pending.result(30)
+    assert after.status_code == 201, after.text
+
+    def image(session_id: str) -> str:
+        sandbox = cluster.get("sandboxes", stored(redis_server.url, session_id)["sandboxId"])
+        return sandbox["spec"]["podTemplate"]["spec"]["containers"][0]["image"]
+    assert image(after.json()["session_id"]) == "picod:2"
+    assert image(before) == "picod:1"
+    assert execute(gateway, before, "echo still here", "bash")["stdout"] == "still here\n"
+    for sid in (before, after.json()["session_id"]):
+        requests.delete(f"{gateway.url}/v1/sessions/{sid}", headers=HEADERS, timeout=30)
+
+
 def test_scheduling_failures_surface_at_once(cluster, gateways):
     gateway = gateways()
     kubelet = cluster.kubelet

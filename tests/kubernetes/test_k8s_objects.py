@@ -70,6 +70,16 @@ def test_warm_members_and_the_fast_path_patch():
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
 
 
+def test_members_of_an_older_spec_are_not_taken():
+    t = k.template_from(ci(template={"image": "picod:2", "args": ["--no-kernel"]}), "py")
+    def built(image: str, args: list | None = None) -> dict:
+        container = {"name": "codeinterpreter", "image": image, **({"args": args} if args else {})}
+        return {"spec": {"podTemplate": {"spec": {"containers": [container]}}}}
+    assert k.built_from(built("picod:2", ["--no-kernel"]), t)
+    assert not k.built_from(built("picod:1", ["--no-kernel"]), t)
+    assert not k.built_from(built("picod:2"), t)
+
+
 def test_claims_and_cold_sandboxes_carry_the_session():
     t = k.template_from(ci(authMode="picod", template={"image": "picod", "args": ["--no-kernel"],
                                                        "environment": [{"name": "A", "value": "1"}],
