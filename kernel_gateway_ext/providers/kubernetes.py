@@ -314,7 +314,7 @@ class KubernetesProvider(SandboxProvider):
         for name in names:
             member = self.sandboxes.get(ns, name)
             if (ns, name) in self._reserved or member is None or not k.is_ready(member) or \
-                    not k.is_warm_member(member, pool_name, template_name) or not k.built_from(member, template):
+                    not k.is_warm_member(member, pool_name, template_name) or not self._current(template, member):
                 continue
             self._reserved.add((ns, name))
             try:
@@ -326,6 +326,15 @@ class KubernetesProvider(SandboxProvider):
                 self._reserved.discard((ns, name))
                 raise
         return None
+
+    def _current(self, template: k.KubeTemplate, sandbox: dict) -> bool:
+        """Built from the CR's current spec, or from an older one that its pool does not replace.
+        Under `Recreate` (the pools of CodeInterpreters) a member of an older spec is about to
+        go, so a session never takes it, nor accepts a claim bound to it: the claim is bound
+        again once the controller deletes it."""
+        warm_pool = self.warmpools.get(template.namespace, template.cr_name) or {}
+        recreate = ((warm_pool.get("spec") or {}).get("updateStrategy") or {}).get("type") == "Recreate"
+        return not recreate or k.built_from(sandbox, template)
 
     def _check_pool(self, template: k.KubeTemplate) -> None:
         """A pool whose every member is stuck (unschedulable, image not pullable, crashing) will
@@ -366,7 +375,8 @@ class KubernetesProvider(SandboxProvider):
                 if bound:
                     waiter.listen(("sandbox", ns, bound))
                     sandbox = self.sandboxes.get(ns, bound)
-                    if sandbox is not None and k.is_ready(sandbox) and _owned_by(sandbox, claim):
+                    if sandbox is not None and k.is_ready(sandbox) and _owned_by(sandbox, claim) and \
+                            self._current(template, sandbox):
                         return sandbox
                 self._fail_claim(template, claim, bound or name)
                 if not await waiter.wait(deadline):

@@ -242,7 +242,8 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
 def test_a_spec_change_reaches_new_sessions_only(cluster, gateways, redis_server):
     """Right after a CodeInterpreter's image changes, before the controller has replaced the
     warm members of the old image, a new session waits for one of the new image instead of
-    taking an old one; a running session keeps its pod."""
+    taking an old one (nor accepts a claim bound to one: a controller that restarts may bind it
+    before its template cache has the change); a running session keeps its pod."""
     gateway = gateways(redis_server.url)
     install(cluster, code_interpreter("roll", warm_pool_size=2, args=("--no-kernel",), image="picod:1"))
     wait_for(lambda: len(warm_ready(cluster, "roll")) == 2, what="a warm pool of 2")
