@@ -122,3 +122,33 @@ def test_the_kubernetes_options_name_their_environment_variables(tmp_path):
     bad = run_kernelcube("--backend", "kubernetes", "--namespaces", "Not_A_Namespace", "--port", "0",
                          "--state-dir", str(tmp_path))
     assert bad.returncode != 0 and "KERNELCUBE_NAMESPACES" in bad.stdout + bad.stderr
+
+
+def test_the_controllers_gc_reads_what_the_gateway_writes():
+    """The wire contract between the gateway's records and labels and the controller's GC (which
+    may not import the gateway): which objects a session owns, and how old a taken warm Sandbox
+    is as a session's."""
+    import time
+
+    from controller import gc, gc_logic
+    from kernel_gateway_ext.providers.base import Sandbox
+    from kernel_gateway_ext.store.base import SessionRecord
+    from kernel_gateway_ext.store.sandbox_info import record_to_info
+
+    for handle, want in (({"kind": "Sandbox", "name": "py-x1"}, ("Sandbox", "py-x1")),
+                         ({"kind": "SandboxClaim", "name": "py-abcdefgh"}, ("SandboxClaim", "py-abcdefgh"))):
+        sandbox = Sandbox(id="py-x1", template="py", endpoint={"url": "http://10.0.0.1:8080"},
+                          handle={"namespace": "team", **handle, "sandbox_uid": "u", "pod_ip": "10.0.0.1"})
+        record = SessionRecord(session_id="s-1", template="py", namespace="team", expires_at=time.time() + 60,
+                               provider="kubernetes", sandbox=sandbox.to_dict(), sandbox_id="py-x1")
+        info = record_to_info(record)
+        assert (info["kind"], info["name"]) == want  # upstream's fields, for upstream's tools
+        session = gc_logic.session_from("s-1", info, None, None, 900.0)
+        assert session.ours and [(w.kind, w.namespace, w.name) for w in session.declared] == [(*want[:1], "team", want[1])]
+
+    t = k.template_from(ci(), "team/py")
+    taken = member()
+    taken["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    patch = k.adoption_patch(taken, t, "s-1", time.time() + 60)
+    taken["metadata"]["annotations"] = patch["metadata"]["annotations"]
+    assert time.time() - gc._created(taken) < 5  # new as a session's, though made in 2020
