@@ -26,12 +26,13 @@ install-dev: install-run system-deps-dev $(VENV)/.installed-dev $(HELM)
 install-bench: install-dev $(VENV)/.installed-bench
 
 # apt packages, installed only when missing and we are root: sandboxes need bubblewrap; the
-# tests also need redis-server (a real one, for the Redis session store).
+# tests also need redis-server (a real one, for the Redis session store) and Chromium with its
+# chromedriver (JupyterLab in a headless browser; Selenium never downloads a driver).
 system-deps-run:
 	@$(MAKE) --no-print-directory _apt COMMANDS="bwrap:bubblewrap"
 
 system-deps-dev:
-	@$(MAKE) --no-print-directory _apt COMMANDS="bwrap:bubblewrap redis-server:redis-server"
+	@$(MAKE) --no-print-directory _apt COMMANDS="bwrap:bubblewrap redis-server:redis-server chromium:chromium chromedriver:chromium-driver"
 
 _apt:
 	@missing=""; \

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tornado import httpserver, web
 from tornado.netutil import bind_sockets, bind_unix_socket
@@ -18,13 +18,16 @@ from tornado.netutil import bind_sockets, bind_unix_socket
 from . import __version__
 from .auth import TokenVerifier, load_public_key
 from .base import MAX_BODY_BYTES, NotFoundHandler
+from .channels import ChannelsHandler
 from .command_handlers import ExecuteHandler, HealthHandler
 from .execution import DEFAULT_MAX_OUTPUT
 from .files import DownloadHandler, FilesHandler
 from .identity import RunAs, become_daemon_for
 from .jail import Workspace
 from .kernel import KernelBridge
-from .kernel_handlers import ChannelsHandler, InterruptHandler, RestartHandler, RunHandler
+from .kernel_handlers import EnvHandler, InterruptHandler, RestartHandler, RunHandler
+from .outbox import ChannelLimits
+from .relay import Relays
 
 log = logging.getLogger("picod")
 
@@ -41,6 +44,7 @@ class State:
     max_output: int
     started: float
     run_as: RunAs | None = None
+    channel_limits: ChannelLimits = field(default_factory=ChannelLimits)
 
 
 def make_app(state: State) -> web.Application:
@@ -50,11 +54,14 @@ def make_app(state: State) -> web.Application:
         (r"/api/files", FilesHandler),
         (r"/api/files/(.*)", DownloadHandler),
         (r"/api/run", RunHandler),
-        (r"/api/kernel/channels", ChannelsHandler),
+        (r"/api/kernel/env", EnvHandler),
         (r"/api/kernel/interrupt", InterruptHandler),
         (r"/api/kernel/restart", RestartHandler),
     ]
-    return web.Application([(path, handler, {"state": state}) for path, handler in routes],
+    rules = [(path, handler, {"state": state}) for path, handler in routes]
+    rules.append((r"/api/kernel/channels", ChannelsHandler,
+                  {"state": state, "relays": Relays(state.kernel, state.channel_limits)}))
+    return web.Application(rules,
                            default_handler_class=NotFoundHandler, compress_response=True,
                            websocket_ping_interval=30)
 
@@ -77,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-output", type=int, default=DEFAULT_MAX_OUTPUT,
                         help="bytes of stdout and of stderr kept per command or execution; beyond it output is "
                              f"dropped and a marker added (default {DEFAULT_MAX_OUTPUT})")
+    limits = ChannelLimits()
+    parser.add_argument("--channels-replay-bytes", type=int, default=limits.replay_bytes,
+                        help="bytes of kernel messages kept for a channels client that named its session "
+                             "and went away, replayed when it reconnects; beyond it the oldest are dropped "
+                             f"and a marker says how many (default {limits.replay_bytes})")
+    parser.add_argument("--channels-replay-messages", type=int, default=limits.replay_messages,
+                        help=f"most kernel messages kept for such a client (default {limits.replay_messages})")
+    parser.add_argument("--channels-soft-bytes", type=int, default=limits.soft_bytes,
+                        help="bytes written to a channels client but not yet sent on, above which its "
+                             f"output messages are dropped and a marker says how many (default {limits.soft_bytes})")
+    parser.add_argument("--channels-hard-bytes", type=int, default=limits.hard_bytes,
+                        help=f"such bytes above which the connection is closed (default {limits.hard_bytes})")
     parser.add_argument("--kernel-python", default=os.environ.get("PICOD_KERNEL_PYTHON") or sys.executable,
                         help="Python interpreter with ipykernel that runs the kernel (default: this one)")
     parser.add_argument("--no-kernel", action="store_true", help="run without a kernel bridge")
@@ -96,15 +115,17 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     """Build the state from arguments and environment; raise ValueError on bad configuration."""
     key = load_public_key(env.get("PICOD_AUTH_PUBLIC_KEY", ""))
     verifier = TokenVerifier(key, env.get("PICOD_SANDBOX_ID"), env.get("PICOD_AUTH_ISSUER"))
-    workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()))
+    workspace = Workspace(os.path.abspath(args.workspace or os.getcwd()), shared_group=bool(args.run_as))
     if args.max_output <= 0:
         raise ValueError("--max-output must be a positive number of bytes")
+    channel_limits = ChannelLimits(args.channels_replay_bytes, args.channels_replay_messages,
+                                   args.channels_soft_bytes, args.channels_hard_bytes).check()
     run_as = RunAs.parse(args.run_as) if args.run_as else None
     if run_as:
         become_daemon_for(run_as)
     kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python, run_as=run_as,
                                                       max_output=args.max_output)
-    return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as)
+    return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits)
 
 
 async def serve(args: argparse.Namespace, state: State) -> None:

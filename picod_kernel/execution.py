@@ -37,6 +37,9 @@ class ExecutionCollector:
         self.idle = False
         self.replied = False
         self._start_sent = False
+        # The reply's error, told only if iopub never tells it: the reply may arrive before
+        # iopub's output and error, and an error event must come once, after the output.
+        self._reply_error: tuple[str, str, list[str]] | None = None
 
     @property
     def done(self) -> bool:
@@ -107,9 +110,8 @@ class ExecutionCollector:
             self.execution_count = content.get("execution_count")
         if content.get("status") == "error" and self.status == "ok":
             self.status = "error"
-            if self.error is None:
-                self.set_error(content.get("ename", "Error"), content.get("evalue", ""),
-                               content.get("traceback", []))
+            self._reply_error = (content.get("ename", "Error"), content.get("evalue", ""),
+                                 content.get("traceback", []))
         elif content.get("status") == "aborted" and self.status == "ok":
             self.status = "error"
             self.set_error("ExecutionAborted", "the kernel aborted this execution", [])
@@ -125,6 +127,8 @@ class ExecutionCollector:
         """Close the execution; `status` overrides (timeout, dead). Emits the end event."""
         if status is not None:
             self.status = status
+        if self.error is None and self._reply_error is not None:
+            self.set_error(*self._reply_error)
         self._start()
         notes = self._truncation_notes()
         if notes:

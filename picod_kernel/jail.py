@@ -19,9 +19,17 @@ class JailError(ValueError):
 
 
 class Workspace:
-    def __init__(self, root: str):
+    """`shared_group`: user code runs as another uid in the daemon's group (`--run-as`), so what
+    the daemon writes for a client is group-writable as far as it is owner-writable: an uploaded
+    file can be changed, and an uploaded folder written into, by the code it was uploaded for."""
+
+    def __init__(self, root: str, shared_group: bool = False):
         os.makedirs(root, mode=0o755, exist_ok=True)
         self.root = os.path.realpath(root)
+        self.shared_group = shared_group
+
+    def _for_group(self, mode: int) -> int:
+        return mode | (mode & 0o700) >> 3 if self.shared_group else mode
 
     def _lexical(self, user_path: str) -> str:
         if "\x00" in user_path:
@@ -73,7 +81,7 @@ class Workspace:
                 if not os.path.isdir(current):
                     raise NotADirectoryError(f"'{self.relative(current)}' exists and is not a directory")
             else:
-                os.mkdir(current, 0o755)
+                os.mkdir(current, self._for_group(0o755))
 
     def open_for_write(self, user_path: str, mode: int) -> tuple[int, str]:
         """Create parents, then open the file create+truncate without following a final symlink.
@@ -85,7 +93,8 @@ class Workspace:
             raise JailError(f"access denied: path '{user_path}' names the workspace itself, not a file")
         self._make_dirs(user_path, posixpath.dirname(full))
         try:
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         self._for_group(mode))
         except OSError as exc:
             if os.path.islink(full):
                 raise JailError(f"access denied: '{user_path}' is a symlink; refusing to write through it") from exc

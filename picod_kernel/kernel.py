@@ -31,6 +31,12 @@ log = logging.getLogger("picod.kernel")
 KERNEL_NAME = "picod-python"
 READY_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0
+# An execution's `env` holds for that execution only: the values it replaces are kept on the sys
+# module (out of the user's namespace) and put back afterwards. JSON is a Python literal here.
+_SCOPE_ENV = ("__import__('sys').__dict__.__setitem__('__kernelcube_env__', "
+              "{{k: __import__('os').environ.get(k) for k in {env}}}) or __import__('os').environ.update({env})")
+_RESTORE_ENV = ("[__import__('os').environ.pop(k, None) if v is None else __import__('os').environ.__setitem__(k, v) "
+                "for k, v in __import__('sys').__dict__.pop('__kernelcube_env__', {}).items()]")
 IOPUB_GRACE = 5.0  # seconds iopub may trail the execute_reply
 MAX_RESTART_FAILURES = 5
 # Run in every kernel at start: `%pip` that fails (no network, no such package) raises, so the
@@ -199,11 +205,12 @@ class KernelBridge:
     def connection_info(self) -> dict:
         return self._km.get_connection_info(session=True)
 
-    def connect_channels(self) -> dict:
-        """Fresh sockets to the kernel's shell, control, stdin and iopub, for one relay."""
+    def connect_channels(self, identity: bytes | None = None) -> dict:
+        """Fresh sockets to the kernel's shell, control, stdin and iopub, for one relay (shell
+        and stdin must share an identity for input requests to reach the relay)."""
         km = self._km
-        return {"shell": km.connect_shell(), "control": km.connect_control(),
-                "stdin": km.connect_stdin(), "iopub": km.connect_iopub()}
+        return {"shell": km.connect_shell(identity=identity), "control": km.connect_control(identity=identity),
+                "stdin": km.connect_stdin(identity=identity), "iopub": km.connect_iopub()}
 
     @property
     def session(self):
@@ -293,11 +300,23 @@ class KernelBridge:
         async with self._lock:
             self._require_ready()
             if env:
-                await self._run_silent(f"__import__('os').environ.update({json.dumps(env)})")
-            collector = ExecutionCollector(on_event, self.max_output)
-            with self._replies(self._client.execute(code, allow_stdin=False)) as queue:
-                status = await self._collect(queue, collector, timeout)
-            return collector.finish(status)
+                await self._run_silent(_SCOPE_ENV.format(env=json.dumps(env)))
+            try:
+                collector = ExecutionCollector(on_event, self.max_output)
+                with self._replies(self._client.execute(code, allow_stdin=False)) as queue:
+                    status = await self._collect(queue, collector, timeout)
+                return collector.finish(status)
+            finally:
+                if env and self.state == "ready":  # a restarted kernel has a fresh environment anyway
+                    await self._run_silent(_RESTORE_ENV)
+
+    async def set_env(self, env: dict[str, str]) -> None:
+        """Set variables in the kernel's environment for the rest of its life (unlike an
+        execution's `env`), without a trace in its history or execution count."""
+        await self._until_ready(None)
+        async with self._lock:
+            self._require_ready()
+            await self._run_silent(f"__import__('os').environ.update({json.dumps(env)})")
 
     async def _collect(self, queue: asyncio.Queue, collector: ExecutionCollector,
                        timeout: float | None) -> str | None:

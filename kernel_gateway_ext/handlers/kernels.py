@@ -126,9 +126,9 @@ class KernelsHandler(KernelsFace):
 
     async def _set_env(self, kernel_id: str, env: dict[str, str]) -> None:
         async with self.sessions.use(kernel_id) as session:
-            status, answer = await session.client.call_json("POST", "/api/run", {"code": "", "env": env},
+            status, answer = await session.client.call_json("POST", "/api/kernel/env", {"env": env},
                                                             token=session.token, timeout=30)
-        if status != 200 or answer.get("status") not in ("ok", None):
+        if status != 200:
             raise GatewayError(502, "SANDBOX_ERROR", f"could not set the kernel's environment: {answer}")
 
 

@@ -76,6 +76,20 @@ async def test_bash_and_stream(jp_fetch, gateway):
     assert events[0]["session_id"] == session_id and events[-1]["status"] == "ok"
 
 
+async def test_env_holds_for_one_execution(jp_fetch, gateway):
+    first = body(await execute(jp_fetch, code="import os; os.environ['HOME'] = '/kept'; os.environ['HOME']"))
+    session = first["session_id"]
+    during = body(await execute(jp_fetch, session_id=session, env={"HOME": "/for-this-run", "ONLY_NOW": "yes"},
+                                code="os.environ['HOME'], os.environ['ONLY_NOW']"))
+    assert during["results"][0]["text/plain"] == "('/for-this-run', 'yes')"
+    after = body(await execute(jp_fetch, session_id=session, code="os.environ['HOME'], 'ONLY_NOW' in os.environ"))
+    assert after["results"][0]["text/plain"] == "('/kept', False)"
+    # no trace in the user's namespace or history
+    assert body(await execute(jp_fetch, session_id=session, code="[n for n in dir() if 'kernelcube' in n]"))[
+        "results"][0]["text/plain"] == "[]"
+    assert after["execution_count"] == during["execution_count"] + 1
+
+
 async def test_timeout_interrupts_and_session_survives(jp_fetch, gateway):
     first = body(await execute(jp_fetch, code="kept = 'yes'"))
     timed_out = body(await execute(jp_fetch, code="while True: pass", timeout=1, session_id=first["session_id"]))
@@ -94,6 +108,12 @@ async def test_files_round_trip(jp_fetch, gateway):
     seen = body(await execute(jp_fetch, session_id=session_id,
                               code="len(open('data/blob.bin','rb').read())"))
     assert seen["results"][0]["text/plain"] == str(len(payload))
+    # The code the file was uploaded for may change it and write next to it (PicoD wrote both).
+    changed = body(await execute(jp_fetch, session_id=session_id, code=(
+        "open('data/blob.bin', 'ab').write(b'+'); open('data/new.txt', 'w').write('x'); "
+        "import os; os.path.getsize('data/blob.bin')")))
+    assert changed["results"][0]["text/plain"] == str(len(payload) + 1), changed
+    assert (await jp_fetch("v1", "sessions", session_id, "files", "data/new.txt")).body == b"x"
     missing = await jp_fetch("v1", "sessions", session_id, "files", "nope.txt", raise_error=False)
     assert missing.code == 404
     escape = await jp_fetch("v1", "sessions", session_id, "files", "..%2F..%2Fetc%2Fpasswd", raise_error=False)

@@ -62,6 +62,17 @@ def test_env_reaches_the_kernel(picod):
     assert body["results"][0]["text/plain"] == "'here:False'"
 
 
+def test_kernel_env_lasts_and_an_executions_env_does_not(picod):
+    response = picod.request("POST", "/api/kernel/env", json={"env": {"LASTING": "1", "SHADOWED": "base"}})
+    assert response.status_code == 200, response.text
+    run(picod, "import os", env={"SHADOWED": "for one run", "FLEETING": "x"})
+    body = run(picod, "import os; [os.environ.get(k) for k in ('LASTING', 'SHADOWED', 'FLEETING')]")
+    assert body["results"][0]["text/plain"] == "['1', 'base', None]"
+    for bad in ({}, {"env": ["A"]}, {"env": {"A": 1}}):
+        refused = picod.request("POST", "/api/kernel/env", json=bad)
+        assert refused.status_code == 400 and "'env'" in refused.json()["error"], bad
+
+
 def test_ndjson_stream(picod):
     response = picod.request("POST", "/api/run", headers={"Accept": "application/x-ndjson"},
                              json={"code": "print('a')\nimport time; time.sleep(0.6)\nprint('b')\n7*6"}, stream=True)
