@@ -119,7 +119,8 @@ class Cluster:
     """`with Cluster(tmp_path) as cluster:`; `cluster.url` is the API server's URL."""
 
     def __init__(self, directory: str, *, runtime: bool = True, controller: bool = True,
-                 validate: bool = True) -> None:
+                 validate: bool = True, watch_delay: float = 0.0) -> None:
+        self.watch_delay = watch_delay
         self.directory = directory
         self.with_runtime = runtime
         self.with_controller = controller
@@ -156,7 +157,7 @@ class Cluster:
         return self.run(wrapped())
 
     async def _start(self) -> None:
-        self.api = FakeApiServer(load_crds(CRD_DIR), validate=self.validate)
+        self.api = FakeApiServer(load_crds(CRD_DIR), validate=self.validate, watch_delay=self.watch_delay)
         await self.api.start()
         self.url = self.api.url
         self.runtime = PicodRuntime(self.api.store, self.directory) if self.with_runtime else None

@@ -419,6 +419,29 @@ def test_agent_runtimes_and_other_namespaces(cluster, gateways):
     assert only_in_team.status_code == 404
 
 
+def test_a_pool_that_shrinks_spares_a_member_a_session_just_took(tmp_path):
+    """The warm pool deletes members under the resourceVersion it judged them by: one that a
+    gateway took meanwhile (its cache lags here by a second) is a session's and survives."""
+    with Cluster(str(tmp_path), runtime=False, watch_delay=1.0) as lagging:
+        lagging.create("sandboxtemplates", {"metadata": {"name": "t"}, "spec": {
+            "networkPolicyManagement": "Unmanaged",
+            "podTemplate": {"spec": {"containers": [{"name": "c", "image": "picod"}]}}}})
+        lagging.create("sandboxwarmpools", {"metadata": {"name": "t"}, "spec": {
+            "replicas": 2, "sandboxTemplateRef": {"name": "t"}}})
+        wait_for(lambda: len(warm_ready(lagging, "t")) == 2, what="a warm pool of 2")
+        time.sleep(1.5)  # the controller's cache has caught up
+        lagging.patch("sandboxwarmpools", "t", {"spec": {"replicas": 0}})
+        time.sleep(0.5)
+        taken = warm_ready(lagging, "t")[0]
+        template = k.template_from({"kind": "CodeInterpreter", "metadata": {"name": "t", "namespace": "default"},
+                                    "spec": {"template": {"image": "picod"}}}, "t")
+        lagging.patch("sandboxes", taken["metadata"]["name"], k.adoption_patch(taken, template, "s-1", time.time() + 60))
+        wait_for(lambda: not warm_members(lagging, "t"), what="the pool to shrink")
+        time.sleep(1.5)
+        kept = lagging.get("sandboxes", taken["metadata"]["name"])
+        assert kept is not None and not kept["metadata"].get("deletionTimestamp")
+
+
 def test_replicas_share_one_identity_secret(tmp_path):
     """Replicas (and the controller) starting together end up with one key; a gateway that
     cannot reach the API server refuses to start and says which settings to check."""
