@@ -330,8 +330,8 @@ class KubernetesProvider(SandboxProvider):
     def _current(self, template: k.KubeTemplate, sandbox: dict) -> bool:
         """Built from the CR's current spec, or from an older one that its pool does not replace.
         Under `Recreate` (the pools of CodeInterpreters) a member of an older spec is about to
-        go, so a session never takes it, nor accepts a claim bound to it: the claim is bound
-        again once the controller deletes it."""
+        go, so the fast path never takes it. (What a claim is bound to is the controller's
+        choice, made against its own view of the template.)"""
         warm_pool = self.warmpools.get(template.namespace, template.cr_name) or {}
         recreate = ((warm_pool.get("spec") or {}).get("updateStrategy") or {}).get("type") == "Recreate"
         return not recreate or k.built_from(sandbox, template)
@@ -375,8 +375,7 @@ class KubernetesProvider(SandboxProvider):
                 if bound:
                     waiter.listen(("sandbox", ns, bound))
                     sandbox = self.sandboxes.get(ns, bound)
-                    if sandbox is not None and k.is_ready(sandbox) and _owned_by(sandbox, claim) and \
-                            self._current(template, sandbox):
+                    if sandbox is not None and k.is_ready(sandbox) and _owned_by(sandbox, claim):
                         return sandbox
                 self._fail_claim(template, claim, bound or name)
                 if not await waiter.wait(deadline):

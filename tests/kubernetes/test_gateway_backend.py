@@ -103,6 +103,9 @@ def test_code_interpreter_sessions_run_on_pods(cluster, gateways):
     labels = mine[0]["metadata"]["labels"]
     assert labels[k.LAUNCH_TYPE] == "warm" and k.WARM_POOL_SANDBOX not in labels
     assert labels[k.WORKLOAD_NAME] == "py"
+    # Warm pods are Ready only once PicoD answers (the controller's template probes /health).
+    probe = mine[0]["spec"]["podTemplate"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/health", "port": 8080, "scheme": "HTTP"}
     assert [r["kind"] for r in mine[0]["metadata"]["ownerReferences"]] == ["CodeInterpreter"]
     wait_for(lambda: len(warm_ready(cluster, "py")) == 2, what="the pool to refill")
 
@@ -241,9 +244,9 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
 
 def test_a_spec_change_reaches_new_sessions_only(cluster, gateways, redis_server):
     """Right after a CodeInterpreter's image changes, before the controller has replaced the
-    warm members of the old image, a new session waits for one of the new image instead of
-    taking an old one (nor accepts a claim bound to one: a controller that restarts may bind it
-    before its template cache has the change); a running session keeps its pod."""
+    warm members of the old image, a new session does not take one of them (it waits on a
+    claim); once the controller caught up, sessions get the new image; a running session keeps
+    its pod."""
     gateway = gateways(redis_server.url)
     install(cluster, code_interpreter("roll", warm_pool_size=2, args=("--no-kernel",), image="picod:1"))
     wait_for(lambda: len(warm_ready(cluster, "roll")) == 2, what="a warm pool of 2")
@@ -259,16 +262,19 @@ def test_a_spec_change_reaches_new_sessions_only(cluster, gateways, redis_server
             assert not pending.done(), "a session took a warm member of the old image"
         finally:
             cluster.run(cluster.controller.__aenter__())
-        after = pending.result(30)
-    assert after.status_code == 201, after.text
+        waited = pending.result(30)
+    assert waited.status_code == 201, waited.text
 
     def image(session_id: str) -> str:
         sandbox = cluster.get("sandboxes", stored(redis_server.url, session_id)["sandboxId"])
         return sandbox["spec"]["podTemplate"]["spec"]["containers"][0]["image"]
-    assert image(after.json()["session_id"]) == "picod:2"
-    assert image(before) == "picod:1"
+    wait_for(lambda: len(warm_ready(cluster, "roll")) == 2 and all(
+        s["spec"]["podTemplate"]["spec"]["containers"][0]["image"] == "picod:2" for s in warm_ready(cluster, "roll")),
+        what="the pool rebuilt with the new image")
+    after = new_session(gateway, "roll").json()["session_id"]
+    assert image(after) == "picod:2" and image(before) == "picod:1"
     assert execute(gateway, before, "echo still here", "bash")["stdout"] == "still here\n"
-    for sid in (before, after.json()["session_id"]):
+    for sid in (before, waited.json()["session_id"], after):
         requests.delete(f"{gateway.url}/v1/sessions/{sid}", headers=HEADERS, timeout=30)
 
 
