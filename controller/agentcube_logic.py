@@ -79,8 +79,14 @@ def ci_template(ci: dict, public_key: str | None) -> dict:
         if public_key is None:
             raise ValueError("the router public key is not loaded yet")
         env.append({"name": PUBLIC_KEY_ENV, "value": public_key})
+    first = ports_of(ci)[0]
     container: dict = {"name": CONTAINER, "image": tpl["image"],
-                       "ports": _container_ports(ports_of(ci))}
+                       "ports": _container_ports(ports_of(ci)),
+                       # Ready once PicoD answers (its /health is 200 once its kernel did), so a
+                       # session is never handed a warm pod that cannot serve its first call.
+                       "readinessProbe": {"httpGet": {"path": "/health", "port": int(first["port"]),
+                                                      "scheme": first.get("protocol") or "HTTP"},
+                                          "periodSeconds": 1, "failureThreshold": 1}}
     for key in ("imagePullPolicy", "command", "args", "resources"):
         if tpl.get(key):
             container[key] = copy.deepcopy(tpl[key])

@@ -279,6 +279,12 @@ class SessionCollector:
 
 
 def _created(obj: dict) -> float:
-    moment = cond.parse_time(obj["metadata"].get("creationTimestamp"))
-    return moment.timestamp() if moment else time.time()
+    """When the object became a session's: its creation, or, for a warm Sandbox that a gateway
+    took long after it was made, the moment it was taken (so a session whose record is being
+    written right now is never mistaken for an orphan)."""
+    meta = obj["metadata"]
+    moments = [cond.parse_time(meta.get("creationTimestamp")),
+               cond.parse_time((meta.get("annotations") or {}).get(n.SESSION_STARTED_AT))]
+    found = [m.timestamp() for m in moments if m is not None]
+    return max(found) if found else time.time()
 

@@ -73,6 +73,8 @@ def session_from(session_id: str, info: dict, last_activity: float | None,
     else:
         collectable = sub.get("provider") == KUBERNETES_PROVIDER
         handle = sub.get("sandbox") if isinstance(sub.get("sandbox"), dict) else {}
+        if isinstance(handle.get("handle"), dict):  # the gateway's Sandbox: {id, endpoint, handle, ...}
+            handle = handle["handle"]
         ns = str(handle.get("namespace") or namespace)
         if handle.get("name"):
             kind = handle.get("kind") if handle.get("kind") in WORKLOAD_KINDS else "Sandbox"

@@ -147,11 +147,14 @@ class KubeClient:
         return await self.patch(res, namespace, name, {"status": status}, subresource="status")
 
     async def delete(self, res: Resource, namespace: str | None, name: str, *,
-                     uid: str | None = None, propagation: str | None = None) -> bool:
-        """Delete; True if this call deleted it, False if it was already gone (idempotent)."""
+                     uid: str | None = None, propagation: str | None = None,
+                     resource_version: str | None = None) -> bool:
+        """Delete; True if this call deleted it, False if it was already gone (idempotent).
+        `uid` and `resource_version` are preconditions (`Conflict` when they do not hold)."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
-        if uid:
-            body["preconditions"] = {"uid": uid}
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        if preconditions:
+            body["preconditions"] = preconditions
         if propagation:
             body["propagationPolicy"] = propagation
         try:

@@ -17,6 +17,8 @@ SESSION_ID = "runtime.agentcube.io/session-id"
 WORKLOAD_NAME = "runtime.agentcube.io/workload-name"
 SESSION_SANDBOX_NAME = "runtime.agentcube.io/sandbox-name"
 IDLE_TIMEOUT_ANNOTATION = "runtime.agentcube.io/idle-timeout"
+# Set by the gateway when a session takes a warm Sandbox (created long before its session).
+SESSION_STARTED_AT = "kernelcube.io/session-started-at"
 
 SANDBOX_NAME_HASH = "agents.x-k8s.io/sandbox-name-hash"
 WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"

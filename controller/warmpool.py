@@ -14,11 +14,13 @@ from controller import conditions as cond
 from controller import naming as n
 from controller import warmpool_logic as logic
 from controller.context import Context
-from controller.errors import ApiError
+from controller.errors import ApiError, Conflict
 from controller.resources import SANDBOXES, WARMPOOLS
 from controller.sandbox_logic import controller_of, owner_ref, status_patch
 
 log = logging.getLogger(__name__)
+
+CHANGED_REQUEUE = 0.2  # a member changed under a delete: judge the pool again from the cache
 
 
 def pool_key_of_member(sandbox: dict) -> tuple[str, str] | None:
@@ -81,8 +83,17 @@ class WarmPoolReconciler:
                               max_batch=settings.max_batch_size)
             requeue = plan.requeue_after
             for name in plan.delete:
+                # Conditional on the version judged here: a member adopted meanwhile (by a
+                # claim, or by a gateway's fast path) is a session's now and must survive.
+                member = self.ctx.sandboxes.get(ns, name)
+                version = member["metadata"]["resourceVersion"] if member else None
                 self.ctx.expectations.expect_delete(key, name)
-                if not await self.ctx.kube.delete(SANDBOXES, ns, name):
+                try:
+                    deleted = await self.ctx.kube.delete(SANDBOXES, ns, name, resource_version=version)
+                except Conflict:
+                    deleted = False
+                    requeue = min(requeue or CHANGED_REQUEUE, CHANGED_REQUEUE)
+                if not deleted:
                     self.ctx.expectations.observe_delete(key, name)
             if plan.create:
                 await self._create(key, pool, template, plan.create)

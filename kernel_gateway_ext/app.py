@@ -7,10 +7,12 @@ common ones have command-line aliases (`kernelcube --help-all` lists them all).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.metadata
 import ipaddress
 import logging
 import os
+import re
 import sys
 
 from jupyter_server.auth.identity import IdentityProvider
@@ -46,7 +48,11 @@ ENV_NAMES = {"backend": "KERNELCUBE_BACKEND", "pool_size": "KERNELCUBE_POOL_SIZE
              "state_dir": "KERNELCUBE_STATE_DIR", "sandbox_python": "KERNELCUBE_SANDBOX_PYTHON",
              "templates": "KERNELCUBE_TEMPLATES", "max_sandboxes": "KERNELCUBE_MAX_SANDBOXES",
              "claim_timeout": "KERNELCUBE_CLAIM_TIMEOUT", "execute_timeout": "KERNELCUBE_EXECUTE_TIMEOUT",
-             "relay_timeout": "KERNELCUBE_RELAY_TIMEOUT"}
+             "relay_timeout": "KERNELCUBE_RELAY_TIMEOUT", "namespaces": "KERNELCUBE_NAMESPACES",
+             "kubeconfig": "KERNELCUBE_KUBECONFIG", "kube_context": "KERNELCUBE_KUBE_CONTEXT",
+             "in_cluster": "KERNELCUBE_IN_CLUSTER", "kube_api_url": "KERNELCUBE_KUBE_API_URL",
+             "identity_namespace": "KERNELCUBE_IDENTITY_NAMESPACE"}
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _setting(name: str) -> str:
@@ -85,6 +91,12 @@ class KernelCubeApp(ExtensionApp):
         "sandbox-python": "KernelCubeApp.sandbox_python",
         "max-sandboxes": "KernelCubeApp.max_sandboxes",
         "sandbox-uid-base": "KernelCubeApp.sandbox_uid_base",
+        "namespaces": "KernelCubeApp.namespaces",
+        "kubeconfig": "KernelCubeApp.kubeconfig",
+        "kube-context": "KernelCubeApp.kube_context",
+        "in-cluster": "KernelCubeApp.in_cluster",
+        "kube-api-url": "KernelCubeApp.kube_api_url",
+        "identity-namespace": "KernelCubeApp.identity_namespace",
     }
 
     backend = Enum(["local", "kubernetes"], config=True,
@@ -134,6 +146,73 @@ class KernelCubeApp(ExtensionApp):
     relay_timeout = Float(config=True,
                           help="Seconds a relayed Router call may wait for the sandbox to send anything "
                                "(504 after). Env: KERNELCUBE_RELAY_TIMEOUT.")
+
+    # -- the kubernetes backend --
+    namespaces = Unicode(config=True, help="Kubernetes backend: namespaces to watch, comma-separated; their "
+                                           "CodeInterpreters and AgentRuntimes are the templates (the first "
+                                           "namespace's by their name, the others' as '<namespace>/<name>'). "
+                                           "Default: 'default'. Env: KERNELCUBE_NAMESPACES.")
+    kubeconfig = Unicode(config=True, help="Kubernetes backend: the kubeconfig file (default: $KUBECONFIG or "
+                                           "~/.kube/config). Env: KERNELCUBE_KUBECONFIG.")
+    kube_context = Unicode(config=True, help="Kubernetes backend: the kubeconfig context (default: its current "
+                                             "one). Env: KERNELCUBE_KUBE_CONTEXT.")
+    in_cluster = Enum(["auto", "true", "false"], config=True,
+                      help="Kubernetes backend: 'true' uses the pod's service account only, 'false' the "
+                           "kubeconfig only, 'auto' the service account when there is one, else the "
+                           "kubeconfig. Env: KERNELCUBE_IN_CLUSTER.")
+    kube_api_url = Unicode(config=True, help="Kubernetes backend: an API server URL to use without credentials "
+                                             "(e.g. `kubectl proxy`); overrides the kubeconfig and service "
+                                             "account. Env: KERNELCUBE_KUBE_API_URL.")
+    identity_namespace = Unicode(config=True, help="Kubernetes backend: namespace of Secret "
+                                                   "picod-router-identity (the signing key every replica "
+                                                   "shares; created if absent). Default: the first watched "
+                                                   "namespace. Env: KERNELCUBE_IDENTITY_NAMESPACE, or "
+                                                   "AGENTCUBE_NAMESPACE as upstream.")
+
+    @default("namespaces")
+    def _namespaces_default(self) -> str:
+        return env_str("KERNELCUBE_NAMESPACES") or "default"
+
+    @default("kubeconfig")
+    def _kubeconfig_default(self) -> str:
+        return env_str("KERNELCUBE_KUBECONFIG")
+
+    @default("kube_context")
+    def _kube_context_default(self) -> str:
+        return env_str("KERNELCUBE_KUBE_CONTEXT")
+
+    @default("in_cluster")
+    def _in_cluster_default(self) -> str:
+        return self._env_choice("in_cluster", "KERNELCUBE_IN_CLUSTER", "auto")
+
+    @default("kube_api_url")
+    def _kube_api_url_default(self) -> str:
+        return env_str("KERNELCUBE_KUBE_API_URL")
+
+    @default("identity_namespace")
+    def _identity_namespace_default(self) -> str:
+        return env_str("KERNELCUBE_IDENTITY_NAMESPACE") or env_str("AGENTCUBE_NAMESPACE")
+
+    @validate("namespaces")
+    def _namespaces_valid(self, proposal):
+        names = [n.strip() for n in proposal["value"].split(",") if n.strip()]
+        bad = [n for n in names if not DNS_LABEL.fullmatch(n)]
+        if not names or bad:
+            raise ConfigError(f"{_setting('namespaces')} must be a comma-separated list of namespace names, "
+                              f"not {proposal['value']!r}")
+        return ",".join(names)
+
+    @validate("identity_namespace")
+    def _identity_namespace_valid(self, proposal):
+        if proposal["value"] and not DNS_LABEL.fullmatch(proposal["value"]):
+            raise ConfigError(f"{_setting('identity_namespace')} {proposal['value']!r} is not a namespace name")
+        return proposal["value"]
+
+    @validate("kube_api_url")
+    def _kube_api_url_valid(self, proposal):
+        if proposal["value"] and not re.match(r"https?://[^/]", proposal["value"]):
+            raise ConfigError(f"{_setting('kube_api_url')} must be an http(s) URL, not {proposal['value']!r}")
+        return proposal["value"]
 
     @default("backend")
     def _backend_default(self) -> str:
@@ -253,9 +332,28 @@ class KernelCubeApp(ExtensionApp):
         logging.getLogger("kernelcube").propagate = False
         self._check_config()
         self._guard_unauthenticated_bind()
+        self.metrics = Metrics()
+        try:
+            self.store = make_store(self.redis_url or None)
+        except ValueError as exc:
+            raise ConfigError(f"{_setting('redis_url')}: {exc}") from None
+        self.capacity = Capacity(self.max_sandboxes)
         if self.backend == "kubernetes":
-            raise SystemExit("kernelcube: the kubernetes backend is not available in this release; "
-                             "use --backend local")
+            templates, self.pools = self._init_kubernetes()
+        else:
+            templates, self.pools = self._init_local()
+        self.metrics.watch_pools(self.pools)
+        self.sessions = SessionManager(self.store, self.provider, self.pools, templates, self.identity,
+                                       self.capacity, self.metrics)
+        self.router_limiter = FairLimiter(self.max_concurrent_requests, self.max_session_share)
+        self.body_budget = BodyBudget(self.max_buffered_bytes)
+        self.metrics.watch_body_budget(self.body_budget)
+        self._tasks: list[asyncio.Task] = []
+        self.kernel_connections: dict[str, int] = {}  # kernel id -> open channel sockets here
+        self._started = self._stopped = False
+
+    def _init_local(self) -> tuple[dict, dict]:
+        """Local sandboxes: the key on disk, bubblewrap, pools that the gateway fills."""
         python = self._check_sandbox_python()
         if self.isolation == "bwrap" and find_bwrap() is None:
             raise SystemExit("kernelcube: bubblewrap (bwrap) is not installed, so sandboxes cannot be "
@@ -268,11 +366,6 @@ class KernelCubeApp(ExtensionApp):
             templates = load_templates(self.templates, self.pool_size)
         except (TemplateError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{_setting('templates')}: {exc}") from None
-        self.metrics = Metrics()
-        try:
-            self.store = make_store(self.redis_url or None)
-        except ValueError as exc:
-            raise ConfigError(f"{_setting('redis_url')}: {exc}") from None
         try:
             self.identity = Identity.load_or_create(os.path.join(self.state_dir, "identity"))
         except (OSError, ValueError) as exc:
@@ -286,18 +379,31 @@ class KernelCubeApp(ExtensionApp):
             raise ConfigError(f"cannot prepare local sandboxes: {exc}") from None
         for note in self.provider.describe_isolation():
             (self.log.warning if note.startswith("WARNING") else self.log.info)(note.removeprefix("WARNING: "))
-        self.capacity = Capacity(self.max_sandboxes)
-        self.pools = {name: WarmPool(t, self.provider, self.capacity, self.metrics, self.max_parallel_starts)
-                      for name, t in templates.items()}
-        self.metrics.watch_pools(self.pools)
-        self.sessions = SessionManager(self.store, self.provider, self.pools, templates, self.identity,
-                                       self.capacity, self.metrics)
-        self.router_limiter = FairLimiter(self.max_concurrent_requests, self.max_session_share)
-        self.body_budget = BodyBudget(self.max_buffered_bytes)
-        self.metrics.watch_body_budget(self.body_budget)
-        self._tasks: list[asyncio.Task] = []
-        self.kernel_connections: dict[str, int] = {}  # kernel id -> open channel sockets here
-        self._started = self._stopped = False
+        pools = {name: WarmPool(t, self.provider, self.capacity, self.metrics, self.max_parallel_starts)
+                 for name, t in templates.items()}
+        return templates, pools
+
+    def _init_kubernetes(self) -> tuple[dict, dict]:
+        """Pods: templates and warm pools are the cluster's (CodeInterpreters and their
+        SandboxWarmPools, watched); the signing key is the Secret every replica shares."""
+        # Imported here: only this backend needs the kubernetes client.
+        from .providers.kubernetes import KubernetesProvider, KubeSettings, load_identity
+
+        if self.templates:
+            self.log.warning("%s is ignored with the kubernetes backend: templates are the CodeInterpreters "
+                             "and AgentRuntimes of the watched namespaces", _setting("templates"))
+        settings = KubeSettings(namespaces=self.namespaces.split(","), kubeconfig=self.kubeconfig,
+                                context=self.kube_context, in_cluster=self.in_cluster,
+                                api_url=self.kube_api_url, identity_namespace=self.identity_namespace)
+        try:
+            # Before serving, so that an unreachable cluster stops the launch with its reason.
+            self.identity = _run_apart(load_identity(settings))
+        except Exception as exc:
+            raise ConfigError(f"cannot use the Kubernetes API ({_setting('kube_api_url')}, "
+                              f"{_setting('kubeconfig')}, {_setting('in_cluster')}) to load Secret "
+                              f"picod-router-identity: {exc}") from None
+        self.provider = KubernetesProvider(settings, self.identity.public_pem)
+        return self.provider.templates, self.provider.pools
 
     def _guard_unauthenticated_bind(self) -> None:
         if self.token:
@@ -342,6 +448,7 @@ class KernelCubeApp(ExtensionApp):
             return
         self._started = True
         serverapp = self.serverapp
+        await self.provider.start()
         try:
             await self.sessions.adopt()
         except Exception as exc:
@@ -372,6 +479,13 @@ class KernelCubeApp(ExtensionApp):
         await self.provider.close()
         await self.store.close()
         self.log.info("KernelCube stopped%s", "" if ephemeral else "; sessions persist in the store")
+
+
+def _run_apart(coroutine):
+    """Run a coroutine to completion on a loop of its own, in a thread (the server's loop may
+    already exist); for start-up work only."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,21 +35,33 @@ class Identity:
         return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
     @classmethod
+    def from_pem(cls, private_pem: bytes) -> Identity:
+        """From an RSA private key in PEM (PKCS#1 or PKCS#8); ValueError otherwise."""
+        key = serialization.load_pem_private_key(private_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        return cls(key)
+
+    @property
+    def private_pem(self) -> str:
+        """The private key as PKCS#1 PEM (`RSA PRIVATE KEY`), the layout of upstream's Secret."""
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()).decode()
+
+    @classmethod
     def load_or_create(cls, directory: str) -> Identity:
         """Load `<directory>/private.pem`, or create the pair there (0600, written atomically)."""
         path = os.path.join(directory, "private.pem")
         if os.path.exists(path):
             with open(path, "rb") as f:
-                key = serialization.load_pem_private_key(f.read(), password=None)
-            if not isinstance(key, rsa.RSAPrivateKey):
-                raise ValueError(f"{path} does not hold an RSA private key")
-            return cls(key)
+                data = f.read()
+            try:
+                return cls.from_pem(data)
+            except ValueError:
+                raise ValueError(f"{path} does not hold an RSA private key") from None
         identity = cls.generate()
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        private = identity._key.private_bytes(serialization.Encoding.PEM,
-                                              serialization.PrivateFormat.TraditionalOpenSSL,
-                                              serialization.NoEncryption())
-        _write_atomically(path, private, 0o600)
+        _write_atomically(path, identity.private_pem.encode(), 0o600)
         _write_atomically(os.path.join(directory, "public.pem"), identity.public_pem.encode(), 0o644)
         log.info("created the gateway signing key in %s", directory)
         return identity

@@ -80,8 +80,9 @@ class WarmPool:
     def start(self) -> None:
         self._runner = asyncio.ensure_future(self._run())
 
-    async def claim(self, timeout: float) -> tuple[Sandbox, str]:
-        """A ready sandbox and how it was had ("warm" or "cold"); CapacityExhausted on timeout."""
+    async def claim(self, timeout: float, session_id: str | None = None) -> tuple[Sandbox, str]:
+        """A ready sandbox and how it was had ("warm" or "cold"); CapacityExhausted on timeout.
+        `session_id` is the session it is for (pools that label their sandboxes use it)."""
         while self.ready:
             sandbox = self.ready.popleft()
             self._wake.set()

@@ -78,30 +78,39 @@ class SessionManager:
         self._clients: dict[str, PicodClient] = {}
         self._in_use: collections.Counter[str] = collections.Counter()
 
-    def template(self, name: str) -> Template:
-        if name not in self.templates:
+    def template(self, name: str, namespace: str | None = None) -> Template:
+        """The template `name`; with a `namespace`, one of that namespace (a template bound to
+        another namespace is unknown there; templates of other namespaces than the first
+        watched one are registered as `<namespace>/<name>`)."""
+        template = self.templates.get(f"{namespace}/{name}") if namespace else None
+        template = template or self.templates.get(name)
+        if template is None or (namespace and template.namespace and template.namespace != namespace):
             raise UnknownTemplate(name, list(self.templates))
-        return self.templates[name]
+        return template
 
-    async def create(self, template_name: str, *, timeout: float, namespace: str = "default",
+    async def create(self, template_name: str, *, timeout: float, namespace: str | None = None,
                      kind: str | None = None, session_id: str | None = None) -> SessionRecord:
         """Claim a sandbox and record the session; the sandbox is destroyed if recording fails.
         `session_id` is the caller's choice of id (a kernel's `KERNEL_ID`), else a new UUID."""
-        template = self.template(template_name)
+        template = self.template(template_name, namespace)
+        template_name = template.name
         if kind is not None and template.kind != kind:
             raise UnknownTemplate(template_name, [n for n, t in self.templates.items() if t.kind == kind])
         if session_id is not None and await self.store.get(session_id) is not None:
             raise SessionTaken(session_id)  # checked before claiming: a sandbox is not wasted on it
+        session_id = session_id or str(uuid.uuid4())
         started = time.monotonic()
-        sandbox, path = await self.pools[template_name].claim(timeout)
+        sandbox, path = await self.pools[template_name].claim(timeout, session_id=session_id)
         self.metrics.claim_seconds.labels(template_name, path).observe(time.monotonic() - started)
         now = time.time()
         record = SessionRecord(
-            session_id=session_id or str(uuid.uuid4()), template=template_name, kind=template.kind, namespace=namespace,
+            session_id=session_id, template=template_name, kind=template.kind,
+            namespace=namespace or template.namespace or "default",
             created_at=now, expires_at=now + template.max_session_duration,
             idle_timeout=template.session_timeout, last_activity=now, sandbox_id=sandbox.id,
             provider=self.provider.name, sandbox=sandbox.to_dict(),
-            entry_points=[{"path": "/", "protocol": "HTTP", "endpoint": _describe(sandbox.endpoint)}])
+            entry_points=sandbox.entry_points or [{"path": "/", "protocol": "HTTP",
+                                                   "endpoint": _describe(sandbox.endpoint)}])
         try:
             await self.store.create(record)
         except BaseException as exc:

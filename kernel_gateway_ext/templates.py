@@ -87,6 +87,7 @@ class Template:
     limits: Limits = field(default_factory=Limits)
     command: list = field(default_factory=list)  # agent-runtime: argv, run with PORT set
     port: int = 8080  # agent-runtime: the port its command listens on (inside the sandbox)
+    namespace: str = ""  # the namespace whose sessions may use it ("" = any; Kubernetes: its CR's)
 
     @classmethod
     def from_config(cls, name: str, spec: dict) -> Template:

@@ -16,6 +16,7 @@ from tornado import web
 
 from ..picod_client import PicodUnreachable
 from ..pool import CapacityExhausted
+from ..providers import SandboxStartError
 from ..sessions import SandboxGone, SessionError, SessionTaken, UnknownSession, UnknownTemplate
 from ..store.base import StoreUnavailable
 
@@ -50,6 +51,8 @@ def translate(exc: BaseException) -> GatewayError | None:
         return GatewayError(503, "STORE_UNAVAILABLE", f"{exc}; retry shortly", {"Retry-After": "2"})
     if isinstance(exc, CapacityExhausted):
         return GatewayError(503, "CAPACITY_EXHAUSTED", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, SandboxStartError):  # e.g. a pod that cannot be scheduled: say why
+        return GatewayError(503, "SANDBOX_START_FAILED", str(exc), {"Retry-After": "10"})
     if isinstance(exc, SessionError):
         return GatewayError(400, "BAD_REQUEST", str(exc))
     return None

@@ -37,12 +37,13 @@ def _only_known_fields(body: dict, accepted: tuple[str, ...]) -> None:
                            f"accepted fields: {', '.join(accepted)}")
 
 
-def _not_agent_runtime(template) -> None:
-    """Agent runtimes run the user's agent, not code: they are reached through the Router."""
-    if template.kind == "agent-runtime":
-        raise GatewayError(400, "WRONG_API", f"template {template.name!r} is an agent runtime, which runs "
+def _not_agent_runtime(kind: str, name: str) -> None:
+    """Agent runtimes run the user's agent, not code: they are reached through the Router. A
+    session is judged by its record (its template may be gone meanwhile, as a deleted CR is)."""
+    if kind == "agent-runtime":
+        raise GatewayError(400, "WRONG_API", f"template {name!r} is an agent runtime, which runs "
                            "an agent rather than code: call it through the Router at "
-                           f"/v1/namespaces/<namespace>/agent-runtimes/{template.name}/invocations/<path>")
+                           f"/v1/namespaces/<namespace>/agent-runtimes/{name}/invocations/<path>")
 
 
 def strip_ansi(text: str) -> str:
@@ -131,13 +132,13 @@ class ExecuteHandler(GatewayHandler):
             template = body.get("template", "default")
             if not isinstance(template, str):
                 raise GatewayError(400, "BAD_REQUEST", "'template' must be a string")
-            _not_agent_runtime(self.sessions.template(template))
+            _not_agent_runtime(self.sessions.template(template).kind, template)
             session_id = (await self.sessions.create(template, timeout=self.gateway.claim_timeout)).session_id
         self.set_header(SESSION_HEADER, session_id)
         stream = NDJSON in self.request.headers.get("Accept", "")
         started = time.perf_counter()
         async with self.sessions.use(session_id) as session:
-            _not_agent_runtime(self.sessions.template(session.record.template))
+            _not_agent_runtime(session.record.kind, session.record.template)
             if language == "python":
                 work = self._python(session, code, timeout, env, stream, ansi)
             else:
@@ -259,7 +260,7 @@ class FileHandler(GatewayHandler):
         form.add_field("path", path)
         form.add_field("file", data, filename="upload", content_type="application/octet-stream")
         async with self.sessions.use(session_id) as session:
-            _not_agent_runtime(self.sessions.template(session.record.template))
+            _not_agent_runtime(session.record.kind, session.record.template)
             response = await session.client.request("POST", "/api/files", token=session.token, data=form,
                                                     timeout=120)
             async with response:
@@ -270,7 +271,7 @@ class FileHandler(GatewayHandler):
 
     async def get(self, session_id: str, path: str) -> None:
         async with self.sessions.use(session_id) as session:
-            _not_agent_runtime(self.sessions.template(session.record.template))
+            _not_agent_runtime(session.record.kind, session.record.template)
             response = await session.client.request("GET", f"/api/files/{quote(path)}", token=session.token,
                                                     timeout=300)
             async with response:
@@ -291,7 +292,7 @@ class InterruptHandler(GatewayHandler):
 
     async def post(self, session_id: str) -> None:
         async with self.sessions.use(session_id) as session:
-            _not_agent_runtime(self.sessions.template(session.record.template))
+            _not_agent_runtime(session.record.kind, session.record.template)
             await kernel_action(session, "interrupt")
         self.set_status(204)
         self.finish()

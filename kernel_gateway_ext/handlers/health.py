@@ -16,7 +16,9 @@ class LiveHandler(GatewayHandler):
 
 
 class ReadyHandler(GatewayHandler):
-    """Ready when the store answers and every pool that should be warm has a ready sandbox."""
+    """Ready when the store answers, the provider can serve, and every pool that should be warm
+    has a ready sandbox (pools that refill outside the gateway, as on Kubernetes, don't count:
+    one drained pool must not take every replica out of its Service)."""
 
     requires_token = False
 
@@ -24,7 +26,9 @@ class ReadyHandler(GatewayHandler):
         pools = {name: {"ready": len(pool.ready), "size": pool.template.pool_size, "creating": pool.creating}
                  for name, pool in self.gateway.pools.items()}
         problems = [f"pool {name!r} has no ready sandbox yet" for name, p in pools.items()
-                    if p["size"] > 0 and p["ready"] == 0]
+                    if p["size"] > 0 and p["ready"] == 0
+                    and getattr(self.gateway.pools[name], "gates_readiness", True)]
+        problems += self.gateway.provider.readiness_problems()
         try:
             await self.gateway.store.ping()
         except StoreUnavailable as exc:

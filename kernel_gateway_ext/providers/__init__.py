@@ -1,4 +1,5 @@
-"""Sandbox providers: where sandboxes come from (local bubblewrap processes, later Kubernetes)."""
+"""Sandbox providers: where sandboxes come from (local bubblewrap processes, or
+Kubernetes pods in `kubernetes.py`, which only the app imports: it needs the `kubernetes` client)."""
 
 from .base import Sandbox, SandboxProvider, SandboxStartError
 

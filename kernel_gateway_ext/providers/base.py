@@ -16,13 +16,16 @@ class SandboxStartError(RuntimeError):
 @dataclass
 class Sandbox:
     """A running sandbox. `endpoint` says how to reach its PicoD: `{"unix_socket": path}` or
-    `{"url": "http://host:port"}`; `handle` is the provider's own bookkeeping."""
+    `{"url": "http://host:port"}`; `handle` is the provider's own bookkeeping; `entry_points`
+    (AgentCube's `[{path, protocol, endpoint}]`) are what clients are told, when the provider
+    knows better than the session manager's default."""
 
     id: str
     template: str
     endpoint: dict
     handle: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
+    entry_points: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +45,14 @@ class SandboxProvider(abc.ABC):
     """
 
     name = "abstract"
+
+    async def start(self) -> None:  # noqa: B027 -- an optional hook
+        """Called once by the app when the server starts, before sessions are re-adopted (e.g. to
+        open connections and fill caches that `is_alive` reads)."""
+
+    def readiness_problems(self) -> list[str]:
+        """Why the provider cannot serve new sessions right now (for /health/ready); [] if it can."""
+        return []
 
     @abc.abstractmethod
     async def create(self, template: Template) -> Sandbox:

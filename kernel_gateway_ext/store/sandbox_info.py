@@ -35,8 +35,11 @@ def _snake(name: str) -> str:
 def record_to_info(record: SessionRecord) -> dict:
     """The stored document of a record (a JSON-ready dict)."""
     fields = record.to_dict()
-    info = {"kind": SANDBOX_KIND, "sandboxId": record.sandbox_id,
-            "sandboxNamespace": record.namespace, "name": record.template,
+    # A Kubernetes sandbox names the object that ends with the session (a SandboxClaim or a
+    # Sandbox), as upstream's records do, so its GC (and ours) delete the right one.
+    handle = (record.sandbox or {}).get("handle") or {}
+    info = {"kind": handle.get("kind", SANDBOX_KIND), "sandboxId": record.sandbox_id,
+            "sandboxNamespace": record.namespace, "name": handle.get("name", record.template),
             "entryPoints": fields["entry_points"], "sessionId": record.session_id,
             "createdAt": rfc3339(record.created_at), "expiresAt": rfc3339(record.expires_at),
             "idleTimeout": go_duration(record.idle_timeout), "status": record.status}
