@@ -19,13 +19,14 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
+from typing import TYPE_CHECKING
 
 from .execute import child_environment
 from .execution import DEFAULT_MAX_OUTPUT, EventSink, ExecutionCollector
 from .identity import RunAs, kwargs_for
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import AsyncKernelManager
 
 log = logging.getLogger("picod.kernel")
 
@@ -125,6 +126,11 @@ class KernelBridge:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _make_manager(self) -> AsyncKernelManager:
+        # Imported here, not at the top: a daemon without a kernel (--no-kernel) never loads
+        # jupyter_client, zmq and traitlets (a tenth of a second and several MiB at start).
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import AsyncKernelManager
+
         spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
         os.makedirs(spec_dir)
         startup = os.path.join(self._runtime_dir, "startup.py")
