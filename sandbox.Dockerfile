@@ -19,10 +19,21 @@ RUN pip install --no-cache-dir -r /tmp/sandbox-requirements.txt \
 # installed, not the gateway's dependencies, so user code sees a plain scientific Python.
 COPY . /src
 RUN pip install --no-cache-dir --no-deps /src && rm -rf /src
+# Caches every pod would otherwise build at start (matplotlib scans the fonts, about a second),
+# built once into the image, as the local backend builds them once per sandbox Python. The
+# files are root's and read-only for the sandbox user; the directories are its own, because
+# matplotlib and IPython insist on a writable one (and each pod has its own copy anyway).
+RUN mkdir -p /opt/kernelcube/matplotlib /opt/kernelcube/ipython \
+    && MPLCONFIGDIR=/opt/kernelcube/matplotlib python -c 'import matplotlib.font_manager' \
+    && python -m IPython profile create --ipython-dir=/opt/kernelcube/ipython \
+    && chown 1000:1000 /opt/kernelcube/matplotlib /opt/kernelcube/ipython
 USER 1000:1000
 WORKDIR /workspace
-ENV HOME=/workspace PYTHONUNBUFFERED=1 MPLBACKEND=Agg MPLCONFIGDIR=/tmp/matplotlib
+ENV HOME=/workspace PYTHONUNBUFFERED=1 MPLCONFIGDIR=/opt/kernelcube/matplotlib IPYTHONDIR=/opt/kernelcube/ipython
 # The port a CodeInterpreter reaches PicoD on (its default ports: [{port: 8080}]).
 EXPOSE 8080
 ENTRYPOINT ["picod"]
-CMD ["--port=8080", "--workspace=/workspace"]
+# The kernel imports numpy, pandas and matplotlib (inline) and draws one figure before /health
+# answers 200, so the pod is Ready only once a session would find them loaded: the same
+# preload as the local backend's default template (a test keeps the two equal).
+CMD ["--port=8080", "--workspace=/workspace", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=%matplotlib inline\nexec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n     \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n"]

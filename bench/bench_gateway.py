@@ -34,14 +34,15 @@ CONCURRENT = 50
 THROUGHPUT_SECONDS = 10.0
 
 
-def start_gateway(state_dir: str, pool_size: int, max_sandboxes: int = 64, token: str = TOKEN) -> ServerProcess:
+def start_gateway(state_dir: str, pool_size: int, max_sandboxes: int = 64, token: str = TOKEN,
+                  env: dict[str, str] | None = None) -> ServerProcess:
     """`token` empty: auth off, and the gateway then listens on loopback only."""
     kernelcube = os.path.join(os.path.dirname(sys.executable), "kernelcube")
     argv = [kernelcube, "--ip", "127.0.0.1", "--port", str(free_port()), "--token", token,
             "--state-dir", state_dir, "--sandbox-python", SANDBOX_PYTHON, "--pool-size", str(pool_size),
             "--max-sandboxes", str(max_sandboxes), "--KernelCubeApp.max_parallel_starts=4",
             "--ServerApp.log_level=WARN", "--KernelCubeApp.log_level=INFO"]
-    return ServerProcess(argv, dict(os.environ), ready_path="/health/ready", timeout=180,
+    return ServerProcess(argv, {**os.environ, **(env or {})}, ready_path="/health/ready", timeout=180,
                          url_pattern=r"KernelCube gateway at http://(\S+):(\d+)")
 
 
@@ -62,7 +63,7 @@ class Client:
         return json.loads(raw) if raw else {}
 
 
-def wait_pool(client: Client, want: int, timeout: float = 120) -> float:
+def wait_pool(client: Client, want: int, timeout: float = 300) -> float:
     """Seconds until the pool holds `want` ready sandboxes and starts no more (an idle machine)."""
     started = time.monotonic()
     while True:
@@ -136,20 +137,9 @@ async def throughput(url: str) -> tuple[int, float, list[float]]:
 
 def sandbox_pss_mib(state_dir: str) -> list[float]:
     """PSS of each sandbox's processes (bwrap, PicoD, kernel), summed per sandbox."""
-    per_sandbox: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-            sandbox = env.get(b"PICOD_SANDBOX_ID")
-            if not sandbox:
-                continue
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration, ValueError):
-            continue
-        per_sandbox[sandbox.decode()] = per_sandbox.get(sandbox.decode(), 0) + pss / 1024
-    return list(per_sandbox.values())
+    from bench.bench_preload import sandbox_memory
+
+    return [m["total"] for m in sandbox_memory(state_dir)]
 
 
 def run() -> None:

@@ -29,6 +29,10 @@ class Metrics:
         self.sandbox_start_failures = Counter("kernelcube_sandbox_start_failures",
                                               "Sandboxes that failed to start", ["template"],
                                               registry=self.registry)
+        self.preload_failures = Counter("kernelcube_preload_failures",
+                                        "Sandboxes whose preload failed, by template and module ('(code)': "
+                                        "its startup code); they serve without it", ["template", "module"],
+                                        registry=self.registry)
 
         self.sessions_active = Gauge("kernelcube_sessions_active",
                                      "Sessions in the session store, by template, counted at scrape time "

@@ -4,7 +4,8 @@ A claim pops a ready sandbox (O(1)); an empty pool queues the claim, and the ref
 starts sandboxes in bounded parallel batches, hands the next one to the oldest waiting claim.
 Creation never exceeds what is wanted (pool size plus waiting claims) nor the gateway-wide
 capacity. A sandbox that fails to start is reaped by its provider; the pool backs off and tries
-again, and says so in logs and metrics.
+again, and says so in logs and metrics. A sandbox whose preload failed in part still serves;
+the pool says what failed (logs, metrics, and its status in /health/ready).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class WarmPool:
         self.ready: collections.deque[Sandbox] = collections.deque()
         self.creating = 0
         self.failures = 0
+        # What the last started sandbox's preload could not do: {module or "(code)": error}.
+        self.preload_failures: dict[str, str] = {}
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._wake = asyncio.Event()
         self._not_before = 0.0
@@ -147,7 +150,22 @@ class WarmPool:
             self._wake.set()
         self.failures = 0
         self.metrics.sandbox_start_seconds.labels(self.template.name).observe(time.monotonic() - started)
+        self._note_preload(sandbox)
         self._deliver(sandbox)
+
+    def _note_preload(self, sandbox: Sandbox) -> None:
+        report = sandbox.handle.get("preload") or {}
+        failed = {name: error for name, error in (report.get("modules") or {}).items() if error != "ok"}
+        if report.get("code") not in (None, "ok"):
+            failed["(code)"] = report["code"]
+        for name in failed:
+            self.metrics.preload_failures.labels(self.template.name, name).inc()
+        if failed and failed != self.preload_failures:
+            log.warning("pool %s: the preload failed in part; its sandboxes serve without it: %s",
+                        self.template.name, "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        elif self.preload_failures and not failed:
+            log.info("pool %s: the preload succeeds again", self.template.name)
+        self.preload_failures = failed
 
     def _deliver(self, sandbox: Sandbox) -> None:
         while self._waiters:

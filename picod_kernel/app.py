@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel-python", default=os.environ.get("PICOD_KERNEL_PYTHON") or sys.executable,
                         help="Python interpreter with ipykernel that runs the kernel (default: this one)")
     parser.add_argument("--no-kernel", action="store_true", help="run without a kernel bridge")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import this module in the kernel before reporting ready (repeatable, or "
+                             "comma-separated); one that fails is reported in /health and skipped")
+    parser.add_argument("--preload-code", default="", metavar="CODE",
+                        help="run this (IPython) code in the kernel, after the preloaded imports and before "
+                             "reporting ready, silently and in the user's namespace")
     parser.add_argument("--run-as", default="", metavar="UID:GID",
                         help="run commands and the kernel as this user (not PicoD's own uid), so user "
                              "code cannot signal or trace the daemon; needs CAP_SETUID, CAP_SETGID and "
@@ -123,8 +129,10 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     run_as = RunAs.parse(args.run_as) if args.run_as else None
     if run_as:
         become_daemon_for(run_as)
+    preload = tuple(m.strip() for item in args.preload for m in item.split(",") if m.strip())
     kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python, run_as=run_as,
-                                                      max_output=args.max_output)
+                                                      max_output=args.max_output, preload_modules=preload,
+                                                      preload_code=args.preload_code)
     return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits)
 
 

@@ -43,6 +43,8 @@ class HealthHandler(PicodHandler):
                 "kernel": kernel.state if kernel else "disabled"}
         if kernel and kernel.failure:
             body["kernel_error"] = kernel.failure
+        if kernel and kernel.preload_report is not None:
+            body["preload"] = kernel.preload_report
         ready = kernel is None or kernel.state == "ready"
         if not ready:
             body["status"] = "starting" if kernel.state in ("starting", "restarting") else "unavailable"

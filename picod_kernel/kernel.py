@@ -8,6 +8,7 @@ executions in flight with status "dead" and starts a fresh kernel.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
@@ -18,13 +19,14 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
+from typing import TYPE_CHECKING
 
 from .execute import child_environment
 from .execution import DEFAULT_MAX_OUTPUT, EventSink, ExecutionCollector
 from .identity import RunAs, kwargs_for
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import AsyncKernelManager
 
 log = logging.getLogger("picod.kernel")
 
@@ -63,6 +65,22 @@ del _picod_strict_pip
 """
 
 
+PRELOAD_TIMEOUT = 120.0
+# Imports the preload's modules one by one, in a namespace of its own (the user's stays empty);
+# what failed, and why, is left on the sys module for the user expression below to take away.
+_PRELOAD_IMPORTS = """\
+import importlib, json, sys
+failed = {}
+for name in MODULES:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:  # an import may raise anything, SystemExit included
+        failed[name] = f"{type(exc).__name__}: {exc}"
+sys.__dict__["__kernelcube_preload__"] = json.dumps(failed)
+"""
+_PRELOAD_RESULT = "__import__('sys').__dict__.pop('__kernelcube_preload__', '{}')"
+
+
 class Dead(str):
     """Queued to the requests in flight when their kernel dies; the text says why (or is empty)."""
 
@@ -79,8 +97,13 @@ class KernelBridge:
     """
 
     def __init__(self, workspace: str, python: str | None = None, restart_poll: float = 0.5,
-                 run_as: RunAs | None = None, max_output: int = DEFAULT_MAX_OUTPUT):
+                 run_as: RunAs | None = None, max_output: int = DEFAULT_MAX_OUTPUT,
+                 preload_modules: tuple[str, ...] = (), preload_code: str = ""):
         self.workspace = workspace
+        self.preload_modules = tuple(preload_modules)
+        self.preload_code = preload_code
+        # After each start: {"modules": {name: "ok" or the error}, "code": "ok" or the error, "seconds"}.
+        self.preload_report: dict | None = None
         self.python = python or sys.executable
         self.run_as = run_as
         self.max_output = max_output
@@ -103,6 +126,11 @@ class KernelBridge:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _make_manager(self) -> AsyncKernelManager:
+        # Imported here, not at the top: a daemon without a kernel (--no-kernel) never loads
+        # jupyter_client, zmq and traitlets (a tenth of a second and several MiB at start).
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import AsyncKernelManager
+
         spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
         os.makedirs(spec_dir)
         startup = os.path.join(self._runtime_dir, "startup.py")
@@ -170,6 +198,8 @@ class KernelBridge:
         # IPython imports much on its first execution (~20 ms): pay that before reporting ready.
         # A silent run leaves no trace: no output, no history, no execution count.
         await self._run_silent("None")
+        if self.preload_modules or self.preload_code:
+            await self._preload()
         self.state = "ready"
         self.ready.set()
         log.info("kernel ready (pid namespace-local pid %s)", self._km.provisioner.pid if self._km.provisioner else "?")
@@ -374,13 +404,50 @@ class KernelBridge:
             return f" (killed by signal {signal.Signals(-code).name})"
         return f" (exit code {code})" if code else ""
 
-    async def _run_silent(self, code: str) -> None:
-        with self._replies(self._client.execute(code, silent=True, store_history=False,
-                                                allow_stdin=False)) as queue:
+    async def _run_silent(self, code: str, timeout: float = 10, user_expressions: dict | None = None) -> dict | None:
+        """Run code without a trace (no output, history or execution count); the execute_reply's
+        content, or None when the kernel died meanwhile."""
+        with self._replies(self._client.execute(code, silent=True, store_history=False, allow_stdin=False,
+                                                user_expressions=user_expressions or {})) as queue:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
             while True:
-                msg = await asyncio.wait_for(queue.get(), 10)
-                if isinstance(msg, Dead) or msg["msg_type"] == "execute_reply":
-                    return
+                msg = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                if isinstance(msg, Dead):
+                    return None
+                if msg["msg_type"] == "execute_reply":
+                    return msg["content"]
+
+    async def _preload(self) -> None:
+        """Import the preload's modules, then run its code. A failure is reported (log, /health)
+        and skipped: the kernel still becomes ready, without what failed."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        report: dict = {"modules": {}, "code": None}
+        try:
+            if self.preload_modules:
+                cell = f"exec({_PRELOAD_IMPORTS!r}, {{'MODULES': {list(self.preload_modules)!r}}})"
+                reply = await self._run_silent(cell, PRELOAD_TIMEOUT, {"failed": _PRELOAD_RESULT})
+                failed = _preload_failures(reply, self.preload_modules)
+                report["modules"] = {name: failed.get(name, "ok") for name in self.preload_modules}
+            if self.preload_code:
+                reply = await self._run_silent(self.preload_code, PRELOAD_TIMEOUT)
+                report["code"] = _reply_outcome(reply)
+        except asyncio.TimeoutError:
+            await self._km.interrupt_kernel()
+            problem = f"the preload took more than {PRELOAD_TIMEOUT:.0f}s and was interrupted"
+            report["modules"] = {name: report["modules"].get(name, problem) for name in self.preload_modules}
+            if self.preload_code and report["code"] is None:
+                report["code"] = problem
+        report["seconds"] = round(loop.time() - started, 3)
+        self.preload_report = report
+        failures = {k: v for k, v in report["modules"].items() if v != "ok"}
+        if report["code"] not in (None, "ok"):
+            failures["(code)"] = report["code"]
+        if failures:
+            log.warning("preload failed in part (the kernel serves without it): %s", failures)
+        else:
+            log.info("preloaded in %.2fs", report["seconds"])
 
     async def interrupt(self) -> None:
         self._require_ready()
@@ -401,3 +468,22 @@ class KernelBridge:
             # "dead": the watcher keeps trying (and gives up, "failed", after a few attempts).
             self.state = "dead"
             raise KernelUnavailable(f"the kernel could not be restarted: {exc}") from exc
+
+
+def _preload_failures(reply: dict | None, modules: tuple[str, ...]) -> dict[str, str]:
+    """{module: error} from the import cell's reply: all of them when it did not run at all."""
+    if reply is None or reply.get("status") != "ok":
+        return dict.fromkeys(modules, _reply_outcome(reply))
+    try:
+        text = reply["user_expressions"]["failed"]["data"]["text/plain"]
+        return json.loads(ast.literal_eval(text))
+    except (KeyError, TypeError, ValueError, SyntaxError):
+        return dict.fromkeys(modules, "the kernel did not say which imports succeeded")
+
+
+def _reply_outcome(reply: dict | None) -> str:
+    if reply is None:
+        return "the kernel died while preloading"
+    if reply.get("status") == "ok":
+        return "ok"
+    return f"{reply.get('ename', 'Error')}: {reply.get('evalue', '')}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..templates import Template
+from ..templates import Preload, Template
 from . import userns
 
 WORKSPACE = "/workspace"
@@ -40,14 +40,16 @@ def prlimit_argv(rlimits: dict) -> list[str]:
 
 def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_package: str,
                run_dir: str, namespaces: tuple[int, int] | None, die_with_parent: bool,
-               daemon: bool = True) -> list[str]:
+               daemon: bool = True, shared_caches: list[tuple[str, str]] = ()) -> list[str]:
     """The sandbox: PicoD runs as DAEMON_UID with only the capabilities it needs to start and
     stop user code as USER_UID (in the sandbox's own user namespace, so they reach nothing
     outside it); the workspace, /tmp and /dev/shm are size-capped in-memory filesystems, all
     mounted nosuid and nodev; /proc/sys and the other host-global /proc entries are read-only
     (bubblewrap's --proc). `namespaces` are descriptors of the setup and the sandbox's user
     namespaces (see userns.py), or None when the gateway cannot map ids. With `daemon` False (an agent runtime: the user's own command is the
-    sandbox's process) everything runs as USER_UID without capabilities."""
+    sandbox's process) everything runs as USER_UID without capabilities. `shared_caches` are
+    (host path, path under /tmp) pairs bound read-only (see caches.py) into directories of the
+    sandbox's own."""
     limits = template.limits
     argv = [bwrap]
     if namespaces is not None:
@@ -77,6 +79,10 @@ def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_pa
              # setgid and group-writable: PicoD's uploads and user code's files share a group.
              "--perms", "2770", "--size", str(limits.disk), "--tmpfs", WORKSPACE,
              "--perms", "2770", "--dir", PACKAGES]
+    for parent in sorted({os.path.dirname(dest) for _, dest in shared_caches}):
+        argv += ["--perms", "1777", "--dir", parent]
+    for source, dest in shared_caches:
+        argv += ["--ro-bind", source, dest]
     picod_dest = f"{PICOD_SOURCE}/picod_kernel"
     # Directories above the binds, readable by user code too (bubblewrap would copy the host's
     # modes, and a home directory is 0700).
@@ -111,7 +117,8 @@ def _ancestors(paths: list[str]) -> list[str]:
 
 
 def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: str,
-                    run_as: str | None = None, lifeline_fd: int | None = None) -> list[str]:
+                    run_as: str | None = None, lifeline_fd: int | None = None,
+                    preload: Preload | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
     code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
     # -I: the workspace (PicoD's working directory, writable by user code) must never be on
@@ -121,4 +128,8 @@ def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: s
         argv += ["--run-as", run_as]
     if lifeline_fd is not None:
         argv += ["--exit-with-fd", str(lifeline_fd)]
+    if preload and preload.modules:
+        argv += ["--preload", ",".join(preload.modules)]
+    if preload and preload.code:
+        argv += ["--preload-code", preload.code]
     return argv

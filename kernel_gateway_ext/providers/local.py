@@ -26,7 +26,7 @@ import uuid
 
 from ..picod_client import PicodClient, peer_credentials
 from ..templates import Template
-from . import bwrap, cgroups, userns
+from . import bwrap, caches, cgroups, userns
 from .base import Sandbox, SandboxProvider, SandboxStartError
 
 log = logging.getLogger("kernelcube.local")
@@ -42,6 +42,7 @@ class LocalProvider(SandboxProvider):
     def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str,
                  die_with_gateway: bool = False, uid_base: int = userns.DEFAULT_BASE):
         self.root = sandboxes_root(state_dir)
+        self.caches = caches.SharedCaches(os.path.join(os.path.abspath(state_dir), "caches"))
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.public_pem = public_pem
         self.isolation = isolation
@@ -119,11 +120,12 @@ class LocalProvider(SandboxProvider):
             source = os.path.dirname(self.picod_package)
             workspace = os.path.join(directory, "workspace")
             return bwrap.picod_bootstrap(python, os.path.join(run_dir, bwrap.SOCKET_NAME), workspace, source,
-                                         lifeline_fd=lifeline)
+                                         lifeline_fd=lifeline, preload=template.preload)
         run_as = None if namespaces is None else f"{userns.USER_UID}:{userns.SANDBOX_GID}"
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         return (await self._bwrap_prefix(template, python, run_dir, namespaces)
-                + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as, lifeline))
+                + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as, lifeline,
+                                        template.preload))
 
     async def _bwrap_prefix(self, template: Template, python: str, run_dir: str,
                             namespaces: tuple[int, int] | None, daemon: bool = True) -> list[str]:
@@ -131,8 +133,9 @@ class LocalProvider(SandboxProvider):
         if self.bwrap is None:
             raise SandboxStartError("bubblewrap (bwrap) is not installed; install it or set isolation to 'none'")
         roots = await self._python_roots(python)
+        shared = await self.caches.binds(python)
         return bwrap.bwrap_argv(self.bwrap, template, roots, self.picod_package, run_dir, namespaces,
-                                self.die_with_gateway, daemon)
+                                self.die_with_gateway, daemon, shared)
 
     def bwrap_used(self, template: Template) -> bool:
         return (template.isolation or self.isolation) != "none"
@@ -141,8 +144,8 @@ class LocalProvider(SandboxProvider):
         path = f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin"
         # Caches and profiles go to the private /tmp, keeping the workspace for the user's files.
         packages = bwrap.PACKAGES if self.bwrap_used(template) else os.path.join(workspace, ".packages")
-        return {"PATH": path, "LANG": "C.UTF-8", "IPYTHONDIR": "/tmp/.ipython",
-                "MPLCONFIGDIR": "/tmp/.matplotlib", "PYTHONPATH": packages, "PIP_TARGET": packages,
+        return {"PATH": path, "LANG": "C.UTF-8", "IPYTHONDIR": caches.IPYTHON_DIR,
+                "MPLCONFIGDIR": caches.MATPLOTLIB_DIR, "PYTHONPATH": packages, "PIP_TARGET": packages,
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", **template.env,
                 "PICOD_AUTH_PUBLIC_KEY": self.public_pem, "PICOD_SANDBOX_ID": sandbox_id,
                 "PICOD_KERNEL_PYTHON": python}
@@ -456,6 +459,8 @@ async def _picod_ready(sandbox: Sandbox, client: PicodClient) -> bool:
     status, body = await client.health()  # 0 until the socket exists
     if body.get("kernel") == "failed":
         raise SandboxStartError(f"sandbox {sandbox.id}: the kernel failed to start: {body.get('kernel_error')}")
+    if status == 200 and body.get("preload"):
+        sandbox.handle["preload"] = body["preload"]
     return status == 200
 
 

@@ -208,3 +208,11 @@ def test_the_parser_catches_what_it_should(tmp_path):
     with pytest.raises(json.JSONDecodeError):
         exec_form(dict(instructions(bad))["ENTRYPOINT"])
     assert ignored(".venv/bin/python") and not ignored("picod_kernel/app.py")
+
+
+def test_sandbox_image_preloads_what_the_default_template_does():
+    from kernel_gateway_ext.templates import DEFAULT_PRELOAD_CODE, DEFAULT_PRELOAD_MODULES
+    from picod_kernel.app import build_parser
+
+    args = build_parser().parse_args(exec_form(dict(instructions(ROOT / "sandbox.Dockerfile"))["CMD"]))
+    assert args.preload == [",".join(DEFAULT_PRELOAD_MODULES)] and args.preload_code == DEFAULT_PRELOAD_CODE
