@@ -45,6 +45,12 @@ class Expectations:
         self.pending(pool)
         return set(self._deletes.get(pool, {}))
 
+    def expires_in(self, pool: Hashable) -> float | None:
+        """Seconds until the pool's earliest unobserved expectation times out (None: none)."""
+        self.pending(pool)
+        deadlines = [*self._adds.get(pool, {}).values(), *self._deletes.get(pool, {}).values()]
+        return max(0.0, min(deadlines) - self.clock()) if deadlines else None
+
     def satisfied(self, pool: Hashable) -> bool:
         return self.pending(pool) == (0, 0)
 

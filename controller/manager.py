@@ -264,9 +264,13 @@ class Controller:
                 self.sandbox_reconciler.forget(obj["metadata"]["uid"])
             old_pool = pool_key_of_member(old) if old is not None else None
             new_pool = pool_key_of_member(new) if new is not None else None
-            if new_pool is not None and old is None:
+            # Expectations count members: one that joins the pool (however it came) is a
+            # creation seen, one that leaves it (deleted, or adopted by a claim or a gateway,
+            # maybe deleted later as a session's) is a deletion seen. A DELETED event alone
+            # would never cross off a member adopted before it went.
+            if new_pool is not None and new_pool != old_pool:
                 ctx.expectations.observe_create(new_pool, name)
-            if old_pool is not None and new is None:
+            if old_pool is not None and old_pool != new_pool:
                 ctx.expectations.observe_delete(old_pool, name)
             if new is None or new_pool is None:
                 claims.release((ns, name))
@@ -304,7 +308,9 @@ class Controller:
         def on_pool(old: dict | None, new: dict | None) -> None:
             obj = new or old
             assert obj is not None
-            if not _meta_or_spec_changed(old, new):
+            # Status-only updates are our own writes; a resync replays the very object (old is
+            # new) and must wake the pool, so that a missed wake-up is never permanent.
+            if old is not new and not _meta_or_spec_changed(old, new):
                 return
             ns, name = key_of(obj)
             ctx.enqueue("pool", ns, name)

@@ -60,6 +60,7 @@ class WarmPoolReconciler:
         ns = key[0]
         template = self.ctx.templates.get(ns, pool["spec"]["sandboxTemplateRef"]["name"])
         views = []
+        versions: dict[str, str] = {}  # the resourceVersion each member is judged by
         facts = None if template is None else logic.freshness(
             template, settings.public_nameservers)
         for sandbox in self.members(pool):
@@ -68,6 +69,7 @@ class WarmPoolReconciler:
                 if sandbox is None:
                     continue
             views.append(self._view(sandbox, template, facts))
+            versions[sandbox["metadata"]["name"]] = sandbox["metadata"]["resourceVersion"]
         pending_deletes = self.ctx.expectations.pending_deletes(key)
         for view in views:
             view.deleting = view.deleting or view.name in pending_deletes
@@ -83,13 +85,13 @@ class WarmPoolReconciler:
                               max_batch=settings.max_batch_size)
             requeue = plan.requeue_after
             for name in plan.delete:
-                # Conditional on the version judged here: a member adopted meanwhile (by a
-                # claim, or by a gateway's fast path) is a session's now and must survive.
-                member = self.ctx.sandboxes.get(ns, name)
-                version = member["metadata"]["resourceVersion"] if member else None
+                # Conditional on the version judged above, not on the cache's version now: the
+                # cache moves on during each await, and a member adopted meanwhile (by a claim,
+                # or by a gateway's fast path) is a session's now and must survive.
                 self.ctx.expectations.expect_delete(key, name)
                 try:
-                    deleted = await self.ctx.kube.delete(SANDBOXES, ns, name, resource_version=version)
+                    deleted = await self.ctx.kube.delete(SANDBOXES, ns, name,
+                                                         resource_version=versions[name])
                 except Conflict:
                     deleted = False
                     requeue = min(requeue or CHANGED_REQUEUE, CHANGED_REQUEUE)
@@ -97,6 +99,10 @@ class WarmPoolReconciler:
                     self.ctx.expectations.observe_delete(key, name)
             if plan.create:
                 await self._create(key, pool, template, plan.create)
+        elif template is not None and not pool["metadata"].get("deletionTimestamp"):
+            # Waiting on expectations: their events re-queue the pool; should one be lost,
+            # their expiry must, or the pool would wait for the next resync.
+            requeue = self.ctx.expectations.expires_in(key)
 
         status = logic.pool_status(pool, views)
         self.ctx.metrics.pool_depth(ns, key[1], status["readyReplicas"], status["replicas"])

@@ -163,3 +163,80 @@ async def test_scale_down_and_pool_deletion_spare_claimed_sandboxes(cluster, con
     await h.wait_for(lambda: len(cluster.api.objects("sandboxes", h.NS)) == 1, 5)
     claimed = cluster.api.get("sandboxclaims", h.NS, "keep")["status"]["sandbox"]["name"]
     assert cluster.api.get("sandboxes", h.NS, claimed) is not None
+
+
+@pytest.mark.asyncio
+async def test_a_member_taken_while_recreate_deletes_survives_and_the_pool_refills(
+        cluster, make_controller):
+    """Under Recreate the pool deletes its stale members one by one; one taken out of the pool
+    meanwhile (a gateway's or a claim's adoption, seen by the cache during the first delete)
+    must not be deleted, and once it left, the pool must refill at once: its deletion
+    expectation is crossed off by the member leaving, not left to time out."""
+    ctl = await make_controller()
+    await setup_pool(cluster, replicas=2, strategy="Recreate")
+    await h.wait_for(lambda: len(ready_members(cluster)) == 2, 5, "pool filled")
+    before = sorted(sb["metadata"]["name"] for sb in members(cluster))
+    taken = before[1]  # the pool deletes in name order: this one goes second
+    delete = ctl.kube.delete
+
+    async def delete_after_a_take(res, namespace, name, **kwargs):
+        if res is R.SANDBOXES and name == before[0]:
+            sandbox = cluster.api.get("sandboxes", h.NS, taken)
+            await cluster.kube.patch(R.SANDBOXES, h.NS, taken, {"metadata": {
+                "resourceVersion": sandbox["metadata"]["resourceVersion"],
+                "labels": {n.WARM_POOL_SANDBOX: None}, "ownerReferences": None}})
+            await h.wait_for(lambda: n.WARM_POOL_SANDBOX not in ctl.ctx.sandboxes.get(
+                h.NS, taken)["metadata"]["labels"], 5, "the cache saw the take")
+        return await delete(res, namespace, name, **kwargs)
+
+    ctl.kube.delete = delete_after_a_take
+    template = cluster.api.get("sandboxtemplates", h.NS, "python")
+    containers = template["spec"]["podTemplate"]["spec"]["containers"]
+    containers[0]["image"] = "picod:v2"
+    await cluster.kube.patch(R.TEMPLATES, h.NS, "python", {"spec": {"podTemplate": {"spec": {
+        "containers": containers}}}})
+    await h.wait_for(lambda: len(ready_members(cluster)) == 2 and not set(before) & {
+        sb["metadata"]["name"] for sb in members(cluster)}, 5, "members recreated")
+    assert {sb["spec"]["podTemplate"]["spec"]["containers"][0]["image"]
+            for sb in members(cluster)} == {"picod:v2"}
+    kept = cluster.api.get("sandboxes", h.NS, taken)
+    assert kept is not None and not kept["metadata"].get("deletionTimestamp")
+
+
+@pytest.mark.asyncio
+async def test_an_expectation_that_times_out_wakes_the_pool(cluster, make_controller):
+    """An expectation whose event was lost holds the pool back until it times out, and no
+    longer: its expiry re-queues the pool (not the next resync)."""
+    ctl = await make_controller(expectations_timeout=0.5)
+    await setup_pool(cluster, replicas=1)
+    await h.wait_for(lambda: len(ready_members(cluster)) == 1, 5, "pool filled")
+    ctl.ctx.expectations.expect_delete((h.NS, "python"), "lost-event")
+    await cluster.kube.patch(R.WARMPOOLS, h.NS, "python", {"spec": {"replicas": 3}})
+    await h.wait_for(lambda: len(ready_members(cluster)) == 3, 5, "pool scaled up")
+
+
+@pytest.mark.asyncio
+async def test_a_deleted_member_that_leaves_the_pool_before_it_is_gone_counts_as_gone(
+        cluster, controller):
+    """A member the pool deleted lingers (someone's finalizer) and is taken out of the pool
+    before it goes: leaving is the deletion the pool expected, so it refills at once, not when
+    the expectation times out (its DELETED event names no pool any more)."""
+    await setup_pool(cluster, replicas=1, strategy="Recreate")
+    await h.wait_for(lambda: len(ready_members(cluster)) == 1, 5, "pool filled")
+    name = members(cluster)[0]["metadata"]["name"]
+    await cluster.kube.patch(R.SANDBOXES, h.NS, name,
+                             {"metadata": {"finalizers": ["example.com/hold"]}})
+    template = cluster.api.get("sandboxtemplates", h.NS, "python")
+    containers = template["spec"]["podTemplate"]["spec"]["containers"]
+    containers[0]["image"] = "picod:v2"
+    await cluster.kube.patch(R.TEMPLATES, h.NS, "python", {"spec": {"podTemplate": {"spec": {
+        "containers": containers}}}})
+    await h.wait_for(lambda: cluster.api.get("sandboxes", h.NS, name)["metadata"].get(
+        "deletionTimestamp"), 5, "the stale member deleted")
+    await cluster.kube.patch(R.SANDBOXES, h.NS, name, {"metadata": {
+        "labels": {n.WARM_POOL_SANDBOX: None}, "ownerReferences": None}})
+    await h.wait_for(lambda: n.WARM_POOL_SANDBOX not in controller.ctx.sandboxes.get(
+        h.NS, name)["metadata"]["labels"], 5, "the cache saw it leave")
+    await cluster.kube.patch(R.SANDBOXES, h.NS, name, {"metadata": {"finalizers": None}})
+    await h.wait_for(lambda: cluster.api.get("sandboxes", h.NS, name) is None, 5, "gone")
+    await h.wait_for(lambda: len(ready_members(cluster)) == 1, 5, "pool refilled")
