@@ -111,6 +111,9 @@ class KubernetesPool:
         self.template = template
         self.creating = 0  # fallback claims and cold sandboxes in flight
         self.waiting = 0
+        # Pods preload before they report Ready; a failure shows in their PicoD's /health and
+        # the CodeInterpreter's status, not in the gateway.
+        self.preload_failures: dict[str, str] = {}
 
     @property
     def ready(self) -> set[str]:
