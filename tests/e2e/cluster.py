@@ -171,8 +171,9 @@ class RealCluster:
                  f"--KernelCubeApp.kubeconfig={self.gateway_kubeconfig}",
                  "--namespaces", NAMESPACE, f"--KernelCubeApp.identity_namespace={NAMESPACE}",
                  "--KernelCubeApp.claim_timeout=60"]
+        # This checkout's code, even when the virtualenv's editable install is another's.
         gateway = Gateway(str(state), port or free_port(), redis_url=self.redis_url,
-                          extra=tuple(extra))
+                          extra=tuple(extra), env={"PYTHONPATH": REPO})
         self.gateways.append(gateway)
         return gateway
 

@@ -5,13 +5,15 @@ each pod's PicoD.
 
 In order (one cluster for the module): least privilege holds (the gateway's token may not
 delete CRDs); the chart's CodeInterpreter fills its warm pool; the unmodified agentcube-sdk runs
-code; the second replica serves the same session; the pool refills; deleting the session's pod
+code; the project's SDK runs stateful code with rich results; the second replica serves the same
+session (HTTP and the Jupyter kernel WebSocket); the pool refills; deleting the session's pod
 gives that session a clear error; killing the leading controller hands the Lease to the standby,
 which keeps serving; GC removes an idle session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import requests
@@ -19,6 +21,7 @@ import requests
 from controller import naming as n
 from controller.resources import CODE_INTERPRETERS, SANDBOXES
 from tests.e2e.cluster import NAMESPACE, RealCluster
+from tests.support.channels import KernelChannels
 from tests.support.gateway import HEADERS, TOKEN
 
 WARM_LABEL = n.WARM_POOL_SANDBOX
@@ -114,6 +117,28 @@ def test_the_agentcube_sdk_runs_code_and_the_second_replica_serves_the_session(r
     State.session_id = created.json()["session_id"]
     assert text(execute(first, State.session_id, "x = 41\nx")) == "41"
     assert text(execute(second, State.session_id, "x + 1")) == "42"
+
+
+def test_the_projects_sdk_runs_stateful_code_with_rich_results(real_cluster):
+    from kernelcube import CodeInterpreterClient
+
+    first, second = State.gateways
+    with CodeInterpreterClient(first.url, TOKEN, template="default", namespace=NAMESPACE) as ci:
+        ci.run_code("x = 6 * 7")
+        assert ci.run_code("x").text == "42"
+        html = ci.run_code("from IPython.display import HTML\nHTML('<b>bold</b>')")
+        assert [r.html for r in html.results] == ["<b>bold</b>"]
+        # The same session from the other replica, over the Jupyter kernel WebSocket.
+        assert asyncio.run(_over_websocket(second.url, ci.session_id, "x + 1")) == "43"
+
+
+async def _over_websocket(url: str, session_id: str, code: str) -> str | None:
+    channels = await KernelChannels.open(f"{url}/api/kernels/{session_id}/channels",
+                                         {"Authorization": f"token {TOKEN}"})
+    try:
+        return await channels.run(code)
+    finally:
+        await channels.close()
 
 
 def test_the_pool_refills(real_cluster):
