@@ -20,6 +20,7 @@ from typing import Any
 from controller.errors import ApiError, NotFound
 from controller.informer import Informer
 from controller.resources import PODS
+from controller.testing.store import now_rfc3339
 from tests.kubernetes.cluster import PicodRuntime
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ NODE = "e2e-node"
 
 
 def _condition(type_: str, status: str, reason: str = "") -> dict:
-    from controller.testing.store import now_rfc3339
-
     found = {"type": type_, "status": status, "lastTransitionTime": now_rfc3339()}
     if reason:
         found["reason"] = reason
@@ -68,6 +67,7 @@ class ProcessKubelet:
         self.pods = Informer(kube, PODS, None, resync=0, watch_timeout=290)
         self._tasks: dict[str, asyncio.Task] = {}  # pod uid -> its lifecycle task
         self._seen: dict[str, asyncio.Event] = {}  # pod uid -> set on every update
+        self._stopping: set[asyncio.Future] = set()
         self.deletes_finished = 0
 
     async def __aenter__(self) -> ProcessKubelet:
@@ -81,8 +81,9 @@ class ProcessKubelet:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()))
-        for pod in self.pods.list():
-            await self.runtime.stop(pod)
+        if self._stopping:
+            await asyncio.wait(list(self._stopping))
+        await self.runtime.stop_all()
 
     def _on_pod(self, old: dict | None, new: dict | None) -> None:
         pod = new or old
@@ -92,7 +93,9 @@ class ProcessKubelet:
             task = self._tasks.pop(uid, None)
             if task is not None:
                 task.cancel()
-            asyncio.ensure_future(self.runtime.stop(pod))
+            stopping = asyncio.ensure_future(self.runtime.stop(pod))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
             return
         if uid not in self._tasks:
             if new.get("status", {}).get("phase") in ("Running", "Succeeded", "Failed") and \
@@ -164,13 +167,13 @@ class ProcessKubelet:
         await self._status(path, {
             "phase": "Running", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
             "podIP": ip, "podIPs": [{"ip": ip}],
-            "startTime": _condition("x", "True")["lastTransitionTime"],
+            "startTime": now_rfc3339(),
             "conditions": [_condition("PodScheduled", "True"), _condition("Initialized", "True"),
                            _condition("ContainersReady", "True"), _condition("Ready", "True")],
             "containerStatuses": [{
                 "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
                 "started": True, "restartCount": 0,
-                "state": {"running": {"startedAt": _condition("x", "True")["lastTransitionTime"]}}}
+                "state": {"running": {"startedAt": now_rfc3339()}}}
                 for c in pod["spec"]["containers"]]})
 
     async def _status(self, path: str, status: dict) -> None:

@@ -129,6 +129,10 @@ class PicodRuntime:
             pass
         await asyncio.to_thread(proc.wait)
 
+    async def stop_all(self) -> None:
+        for uid in list(self._procs):
+            await self.stop({"metadata": {"uid": uid}})
+
     def alive(self) -> int:
         return sum(1 for p in self._procs.values() if p.poll() is None)
 
