@@ -91,8 +91,8 @@ async def test_a_restart_does_not_create_existing_pvcs_again(cluster, make_contr
     await first.close()
     assert cluster.api.requests[("POST", "persistentvolumeclaims")] == 2
     second = await make_controller()
-    await asyncio.sleep(0.3)
-    assert second.sandbox_reconciler is not None
+    await h.wait_for(lambda: second.ctx.queues["sandbox"].runs >= 1, 5, "a reconcile")
+    await asyncio.sleep(0.1)
     assert cluster.api.requests[("POST", "persistentvolumeclaims")] == 2
     assert h.ready(sandbox_of(cluster))
 
@@ -150,10 +150,9 @@ async def test_claims_are_counted_once_across_a_restart(cluster, make_controller
                      and events(cluster, "SandboxProvisioned"), 5, "Events")
     await first.close()
     second = await make_controller()
-    await asyncio.sleep(0.3)
-    assert second.claim_reconciler.reported >= {
-        cluster.api.get("sandboxclaims", h.NS, name)["metadata"]["uid"]
-        for name in ("warm", "cold")}
+    uids = {cluster.api.get("sandboxclaims", h.NS, name)["metadata"]["uid"]
+            for name in ("warm", "cold")}
+    await h.wait_for(lambda: second.claim_reconciler.reported >= uids, 5, "claims reconciled")
     assert claims_counted(second, "warm") == claims_counted(second, "cold") == 0
 
 
