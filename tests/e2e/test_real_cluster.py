@@ -6,7 +6,8 @@ each pod's PicoD.
 In order (one cluster for the module): least privilege holds (the gateway's token may not
 delete CRDs); the chart's CodeInterpreter fills its warm pool; the unmodified agentcube-sdk runs
 code; the project's SDK runs stateful code with rich results; the second replica serves the same
-session (HTTP and the Jupyter kernel WebSocket); the pool refills; deleting the session's pod
+session (HTTP and the Jupyter kernel WebSocket); a notebook runs through jupyter_server's
+gateway client; the pool refills; deleting the session's pod
 gives that session a clear error; killing the leading controller hands the Lease to the standby,
 which keeps serving; GC removes an idle session.
 """
@@ -130,6 +131,46 @@ def test_the_projects_sdk_runs_stateful_code_with_rich_results(real_cluster):
         assert [r.html for r in html.results] == ["<b>bold</b>"]
         # The same session from the other replica, over the Jupyter kernel WebSocket.
         assert asyncio.run(_over_websocket(second.url, ci.session_id, "x + 1")) == "43"
+
+
+def test_a_notebook_runs_through_jupyter_servers_gateway_client(real_cluster):
+    """What `jupyter lab --gateway-url` (and papermill) do: jupyter_server's
+    GatewayKernelManager starts a kernel of the CodeInterpreter and nbclient runs a notebook."""
+    import nbformat
+    from jupyter_server.gateway.gateway_client import GatewayClient
+    from jupyter_server.gateway.managers import GatewayKernelManager
+    from nbclient import NotebookClient
+
+    gateway = State.gateways[1]
+    minted = requests.post(f"{gateway.url}/api/capabilities/channels", json={"ttl": 600},
+                           headers=HEADERS, timeout=30)
+    assert minted.status_code == 201, minted.text
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 21"), nbformat.v4.new_code_cell("x * 2"),
+        nbformat.v4.new_code_cell("import os\nprint(os.path.basename(os.getcwd()))")])
+
+    async def run() -> str:
+        km = GatewayKernelManager()
+        await km.start_kernel(kernel_name="default")
+        client = NotebookClient(nb, km=km, timeout=120)
+        try:
+            await client.async_execute()
+        finally:
+            if client.kc is not None:
+                client.kc.stop_channels()
+            await km.shutdown_kernel()
+        return km.kernel_id
+
+    GatewayClient.clear_instance()
+    GatewayClient.instance(url=gateway.url, ws_url=minted.json()["ws_url"],
+                           auth_token=TOKEN, request_timeout=60.0)
+    try:
+        asyncio.run(run())
+    finally:
+        GatewayClient.clear_instance()
+    assert nb.cells[1].outputs[0]["data"]["text/plain"] == "42"
+    # The kernel runs in a pod's PicoD: its workspace is the pod's (named after the pod).
+    assert nb.cells[2].outputs[0]["text"].startswith("default-"), nb.cells[2].outputs
 
 
 async def _over_websocket(url: str, session_id: str, code: str) -> str | None:
