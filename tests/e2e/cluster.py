@@ -161,7 +161,7 @@ class RealCluster:
                                                                   else ["-m", "controller"]),
                 *self.controller_args(), "--identity", identity]
         env = dict(os.environ, PYTHONPATH=REPO, POD_NAME=identity)
-        process = Process(f"controller-{identity}", argv, self.dir, env=env)
+        process = Process(f"controller-{identity}-{len(self.controllers)}", argv, self.dir, env=env)
         self.controllers.append(process)
         return process
 
