@@ -119,11 +119,10 @@ class ClaimReconciler:
         uid = claim["metadata"]["uid"]
         if uid in self.reported or not cond.is_true(status["conditions"], "Ready"):
             return
-        self.reported.add(uid)
         marked = (claim["metadata"].get("annotations") or {}).get(n.LATENCY_RECORDED)
         if marked and uid not in self.marking:
+            self.reported.add(uid)
             return  # counted before a restart, or by another leader
-        self.marking.discard(uid)
         if not marked:
             meta = claim["metadata"]
             try:
@@ -131,6 +130,8 @@ class ClaimReconciler:
                     "metadata": {"annotations": {n.LATENCY_RECORDED: "true"}}})
             except NotFound:
                 return
+        self.reported.add(uid)
+        self.marking.discard(uid)
         launch = (sandbox["metadata"].get("labels") or {}).get(n.LAUNCH_TYPE, "cold")
         started = self.first_seen.get(uid)
         if started is not None:
