@@ -209,6 +209,9 @@ def test_deleting_the_sessions_pod_gives_a_clear_error(real_cluster):
 
 def test_killing_the_leader_hands_over_to_the_standby(real_cluster):
     cluster = real_cluster
+    kept = requests.post(State.gateways[0].url + "/v1/sessions", json={"template": "default"},
+                         headers=HEADERS, timeout=60).json()["session_id"]
+    assert text(execute(State.gateways[0], kept, "kept = 'yes'\nkept")) == "'yes'"
     State.leader.stop(sig=9)
     wait_for(lambda: _lease_holder(cluster) == "ctl-b", 60, "the standby to take the Lease")
     # The new leader keeps the pool full and serves claims.
@@ -217,7 +220,9 @@ def test_killing_the_leader_hands_over_to_the_standby(real_cluster):
                             json={"template": "default"}, headers=HEADERS, timeout=60)
     assert created.status_code == 201, created.text
     assert text(execute(State.gateways[0], created.json()["session_id"], "1 + 1")) == "2"
-    # The old leader restarts as a standby: nothing lost, nobody fights over the Lease.
+    # Nothing lost: the session from before the leader change still runs in its kernel.
+    assert text(execute(State.gateways[1], kept, "kept")) == "'yes'"
+    # The old leader restarts as a standby: nobody fights over the Lease.
     State.leader = cluster.start_controller("ctl-a")
     time.sleep(3)
     assert _lease_holder(cluster) == "ctl-b"
