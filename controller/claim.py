@@ -19,6 +19,7 @@ from controller import naming as n
 from controller.claim_logic import Candidate, ClaimRejected
 from controller.context import Context
 from controller.errors import AlreadyExists, ApiError, Conflict, NotFound
+from controller.events import NORMAL
 from controller.memo import StatusMemo
 from controller.resources import CLAIMS, SANDBOXES
 from controller.sandbox_logic import controller_of, is_controlled_by, status_patch
@@ -41,7 +42,8 @@ class ClaimReconciler:
         self.reserved: dict[tuple[str, str], str] = {}  # sandbox key -> claim uid adopting it
         self.waiters: dict[tuple[str, str], deque] = {}  # pool key -> claim keys
         self.first_seen: dict[str, float] = {}  # claim uid -> loop time first observed
-        self.reported: set[str] = set()
+        self.reported: set[str] = set()  # claim uids whose latency this term has handled
+        self.marking: set[str] = set()  # claim uids marked latency-recorded by this process
         self.memo = StatusMemo()
 
     # -- hooks called from informer handlers ------------------------------------------------
@@ -53,6 +55,7 @@ class ClaimReconciler:
         uid = claim["metadata"]["uid"]
         self.first_seen.pop(uid, None)
         self.reported.discard(uid)
+        self.marking.discard(uid)
         self.memo.forget(uid)
 
     def release(self, sandbox_key: tuple[str, str]) -> None:
@@ -91,7 +94,7 @@ class ClaimReconciler:
         claim = self.ctx.claims.get(*key) or claim
         status = logic.bound_status(claim, sandbox, now)
         await self._write(claim, status)
-        self._report(claim, sandbox, status)
+        await self._report(claim, sandbox, status)
         expiry = logic.deadline(claim | {"status": status})
         if expiry is not None:
             return max(0.05, (expiry - cond.now()).total_seconds())
@@ -108,11 +111,27 @@ class ClaimReconciler:
             return  # deleted meanwhile
         self.memo.record(claim, status)
 
-    def _report(self, claim: dict, sandbox: dict, status: dict) -> None:
+    async def _report(self, claim: dict, sandbox: dict, status: dict) -> None:
+        """Count a claim's startup latency once, across restarts and leader changes: a counted
+        claim carries the `creation-latency-recorded` annotation (upstream's marker). A warm
+        adoption writes it with the choice of a Ready member (no extra write); a cold start
+        writes it when Ready."""
         uid = claim["metadata"]["uid"]
         if uid in self.reported or not cond.is_true(status["conditions"], "Ready"):
             return
+        marked = (claim["metadata"].get("annotations") or {}).get(n.LATENCY_RECORDED)
+        if marked and uid not in self.marking:
+            self.reported.add(uid)
+            return  # counted before a restart, or by another leader
+        if not marked:
+            meta = claim["metadata"]
+            try:
+                await self.ctx.kube.patch(CLAIMS, meta["namespace"], meta["name"], {
+                    "metadata": {"annotations": {n.LATENCY_RECORDED: "true"}}})
+            except NotFound:
+                return
         self.reported.add(uid)
+        self.marking.discard(uid)
         launch = (sandbox["metadata"].get("labels") or {}).get(n.LAUNCH_TYPE, "cold")
         started = self.first_seen.get(uid)
         if started is not None:
@@ -175,7 +194,8 @@ class ClaimReconciler:
             raise ClaimRejected("TemplateNotFound", f"SandboxTemplate {template_name} not found")
         return pool, template
 
-    async def _lock(self, claim: dict, name: str) -> tuple[dict, dict | None]:
+    async def _lock(self, claim: dict, name: str, ready: bool = False
+                    ) -> tuple[dict, dict | None]:
         """Write our choice into the claim under its resourceVersion, before acting on it.
 
         This is what keeps two controllers from binding one claim twice: if a rival wrote its
@@ -184,8 +204,9 @@ class ClaimReconciler:
         choice stands, or (the claim, the Sandbox we followed).
         """
         try:
-            return await self._annotate(claim, name), None
+            return await self._annotate(claim, name, ready), None
         except Conflict:
+            self.marking.discard(claim["metadata"]["uid"])
             meta = claim["metadata"]
             claim = await self.ctx.kube.get(CLAIMS, meta["namespace"], meta["name"])
         other = (claim["metadata"].get("annotations") or {}).get(n.SANDBOX_NAME_ANNOTATION)
@@ -193,7 +214,7 @@ class ClaimReconciler:
             followed = await self._resume(claim, other)
             if followed is not None:
                 return claim, followed
-        return await self._annotate(claim, name), None
+        return await self._annotate(claim, name, ready), None
 
     async def _resume(self, claim: dict, name: str) -> dict | None:
         """The claim names a Sandbox chosen earlier (by us before a restart, or by a rival):
@@ -213,12 +234,16 @@ class ClaimReconciler:
             return await self._create_cold(claim, template)
         return await self._transfer(claim, sandbox)
 
-    async def _annotate(self, claim: dict, name: str | None) -> dict:
-        """Record the chosen Sandbox on the claim, under the claim's resourceVersion."""
+    async def _annotate(self, claim: dict, name: str | None, ready: bool = False) -> dict:
+        """Record the chosen Sandbox on the claim, under the claim's resourceVersion; with a
+        Ready choice, mark its latency recorded too (it is counted right after the bind)."""
         meta = claim["metadata"]
+        annotations: dict = {n.SANDBOX_NAME_ANNOTATION: name}
+        if ready and not (meta.get("annotations") or {}).get(n.LATENCY_RECORDED):
+            annotations[n.LATENCY_RECORDED] = "true"
+            self.marking.add(meta["uid"])
         return await self.ctx.kube.patch(CLAIMS, meta["namespace"], meta["name"], {"metadata": {
-            "resourceVersion": meta["resourceVersion"],
-            "annotations": {n.SANDBOX_NAME_ANNOTATION: name}}})
+            "resourceVersion": meta["resourceVersion"], "annotations": annotations}})
 
     async def _transfer(self, claim: dict, sandbox: dict) -> dict | None:
         """Hand the Sandbox to the claim under its resourceVersion; on 404/409 decide from an
@@ -278,7 +303,9 @@ class ClaimReconciler:
             self.reserved[key] = uid
             adopted = None
             try:
-                claim, adopted = await self._lock(claim, name)
+                member = self.ctx.sandboxes.get(ns, name)
+                claim, adopted = await self._lock(claim, name,
+                                                  member is not None and is_ready(member))
                 if adopted is None:
                     sandbox = self.ctx.sandboxes.get(ns, name)
                     if sandbox is not None:
@@ -286,6 +313,8 @@ class ClaimReconciler:
                 if adopted is not None:
                     log.debug("claim %s/%s adopted %s", ns, claim["metadata"]["name"],
                               adopted["metadata"]["name"])
+                    self.ctx.event(claim, NORMAL, "SandboxAdopted",
+                                   f"Adopted warm pool Sandbox {adopted['metadata']['name']}")
                     return adopted, False
             finally:
                 if adopted is None or adopted["metadata"]["name"] != name:
@@ -318,7 +347,7 @@ class ClaimReconciler:
         meta = claim["metadata"]
         body = logic.cold_sandbox(claim, template, self.ctx.settings.public_nameservers)
         try:
-            return await self.ctx.kube.create(SANDBOXES, meta["namespace"], body)
+            sandbox = await self.ctx.kube.create(SANDBOXES, meta["namespace"], body)
         except AlreadyExists:
             sandbox = await self.ctx.kube.get(SANDBOXES, meta["namespace"], meta["name"])
             if is_controlled_by(sandbox, claim):
@@ -326,6 +355,9 @@ class ClaimReconciler:
             raise ClaimRejected("ReconcilerError",
                                 f"Sandbox {meta['name']} exists and is not owned by this claim"
                                 ) from None
+        self.ctx.event(claim, NORMAL, "SandboxProvisioned",
+                       f"Created Sandbox {meta['name']} (no warm Sandbox to adopt)")
+        return sandbox
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -336,6 +368,7 @@ class ClaimReconciler:
             await self._write(claim, logic.failed_status(
                 claim, "ClaimExpired", "the claim reached its shutdown time", cond.now(),
                 keep_sandbox=False))
+            self.ctx.event(claim, NORMAL, "ClaimExpired", "the claim reached its shutdown time")
         policy = (claim["spec"].get("lifecycle") or {}).get("shutdownPolicy", "Retain")
         if policy in ("Delete", "DeleteForeground"):
             propagation = "Foreground" if policy == "DeleteForeground" else "Background"

@@ -264,9 +264,17 @@ def bound_status(claim: dict, sandbox: dict, when: datetime.datetime) -> dict:
     sb_status = sandbox.get("status") or {}
     sb_conditions = sb_status.get("conditions")
     ready = cond.find(sb_conditions, "Ready")
-    if ready is None:
-        ready = cond.make("Ready", False, "SandboxNotReady", "the Sandbox is not Ready yet", gen)
-        ready["lastTransitionTime"] = cond.format_time(when)
+    if ready is None or ready.get("reason") == "DependenciesNotReady":
+        # Its Pod is on the way: the steps of a cold start (no Pod, Pod not Ready yet) are the
+        # Sandbox's news, not the claim's; one SandboxNotReady until Ready saves status writes.
+        current = cond.find((claim.get("status") or {}).get("conditions"), "Ready")
+        if current is not None and current.get("reason") == "SandboxNotReady" and \
+                current.get("observedGeneration") == gen:
+            ready = current
+        else:
+            ready = cond.make("Ready", False, "SandboxNotReady", "the Sandbox is not Ready yet",
+                              gen)
+            ready["lastTransitionTime"] = cond.format_time(when)
     else:
         ready = dict(ready) | {"observedGeneration": gen}
     new = [ready]

@@ -24,6 +24,12 @@ class Context:
     templates: Informer
     expectations: Expectations = field(default_factory=Expectations)
     queues: dict[str, WorkQueue] = field(default_factory=dict)
+    events: Any = None  # controller.events.EventRecorder, or None: no Events
+
+    def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event in the background: never a reconcile's latency."""
+        if self.events is not None:
+            self.events.emit(obj, type_, reason, message)
 
     def enqueue(self, kind: str, namespace: str, name: str, delay: float = 0.0) -> None:
         queue = self.queues.get(kind)

@@ -9,6 +9,7 @@ errors are logged and dropped.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -32,6 +33,24 @@ class EventRecorder:
         self.cache_size = cache_size
         self.recorded = 0  # Events written (created or bumped), for tests
         self._seen: dict[str, tuple[float, int]] = {}  # event name -> (last write, count)
+        self._pending: set[asyncio.Task] = set()
+
+    def emit(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """`record` in a task of its own, for callers on a latency-sensitive path."""
+        task = asyncio.ensure_future(self._record_quietly(obj, type_, reason, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _record_quietly(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        try:
+            await self.record(obj, type_, reason, message)
+        except Exception as exc:  # noqa: BLE001 -- an Event is never worth a failure
+            log.warning("cannot record Event %s: %s", reason, exc)
+
+    async def drain(self) -> None:
+        """Wait for the Events being written (before stopping, and in tests)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending))
 
     async def record(self, obj: dict, type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]

@@ -171,6 +171,13 @@ class Informer:
                 log.info("watch of %s expired (410); listing again", self.resource.plural)
                 version = None
             except (ApiError, ValueError, OSError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 429:
+                    # A real API server answers `429 storage is (re)initializing` for a moment
+                    # after a CRD is created: nothing failed, so retry soon and quietly.
+                    log.debug("%s of %s refused (%s); retrying", "watch" if version else "list",
+                              self.resource.plural, exc)
+                    await asyncio.sleep(0.2 * random.uniform(0.8, 1.2))
+                    continue
                 delay = min(self.backoff_cap, max(0.1, delay * 2))
                 log.warning("watch of %s failed (%s); retrying in %.1fs",
                             self.resource.plural, exc, delay)

@@ -65,7 +65,7 @@ def _claim_pool(obj: dict) -> list[str]:
 def _annotations(meta: dict) -> dict:
     # The claim's sandbox-name annotation is our own bookkeeping: writing it needs no reconcile.
     return {k: v for k, v in (meta.get("annotations") or {}).items()
-            if k != n.SANDBOX_NAME_ANNOTATION}
+            if k not in (n.SANDBOX_NAME_ANNOTATION, n.LATENCY_RECORDED)}
 
 
 def _meta_or_spec_changed(old: dict | None, new: dict | None) -> bool:
@@ -134,6 +134,7 @@ class Controller:
             self._task.cancel()
             await asyncio.wait([self._task])
             self._task = None
+        await self.events.drain()
 
     async def run(self) -> None:
         """Campaign, lead, and campaign again after a lost term; until cancelled.
@@ -185,7 +186,7 @@ class Controller:
             sandboxes=informer(SANDBOXES), pods=informer(PODS, n.SANDBOX_NAME_HASH),
             services=informer(SERVICES, n.SANDBOX_NAME_HASH), claims=informer(CLAIMS),
             pools=informer(WARMPOOLS), templates=informer(TEMPLATES),
-            expectations=Expectations(s.expectations_timeout))
+            expectations=Expectations(s.expectations_timeout), events=self.events)
         ctx.sandboxes.add_index("pool", _pool_label)
         ctx.sandboxes.add_index("owner", _owner_uid)
         ctx.pods.add_index("owner", _owner_uid)

@@ -38,6 +38,8 @@ SANDBOX_NAME_ANNOTATION = "agents.x-k8s.io/sandbox-name"
 TRACE_CONTEXT = "opentelemetry.io/trace-context"
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 CLIENT_FIRST_REQUESTED_AT = "agents.x-k8s.io/client-first-requested-at"
+# On a claim whose startup latency is in the metrics: a restarted or new leader counts it not again.
+LATENCY_RECORDED = "agents.x-k8s.io/creation-latency-recorded"
 
 SYSTEM_PREFIXES = ("agents.x-k8s.io/", "extensions.agents.x-k8s.io/")
 

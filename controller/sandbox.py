@@ -12,7 +12,7 @@ from controller import conditions as cond
 from controller import naming as n
 from controller import sandbox_logic as logic
 from controller.context import Context
-from controller.errors import AlreadyExists, NotFound
+from controller.errors import AlreadyExists, Invalid, NotFound
 from controller.memo import StatusMemo
 from controller.resources import PODS, PVCS, SANDBOXES, SERVICES
 
@@ -24,6 +24,7 @@ class SandboxReconciler:
         self.ctx = ctx
         self._pvcs_done: set[str] = set()  # sandbox uids whose PVCs exist
         self.memo = StatusMemo()
+        self._errors: dict[str, str] = {}  # sandbox uid -> the error last reported
 
     async def reconcile(self, key: tuple[str, str]) -> float | None:
         sandbox = self.ctx.sandboxes.get(*key)
@@ -56,7 +57,8 @@ class SandboxReconciler:
         multiple = len(owned) > 1
 
         if logic.is_suspended(sandbox):
-            if pod is not None:
+            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+                # Once terminating (a kubelet's grace period), its updates must not re-DELETE.
                 await self.ctx.kube.delete(PODS, key[0], key[1], uid=pod["metadata"]["uid"])
             await self._track_pod_name(sandbox, None)
         elif not error:
@@ -68,13 +70,18 @@ class SandboxReconciler:
                     pod = await self.ctx.kube.patch(PODS, key[0], key[1], patch)
             await self._track_pod_name(sandbox, pod)
 
-        has_service, service_ok = await self._reconcile_service(sandbox)
+        has_service, service_ok, service_error = await self._reconcile_service(sandbox)
+        error = error or service_error
         status = logic.compute_status(
             sandbox | {"status": self.memo.current(sandbox) or {}}, pod, service_ok=service_ok, has_service=has_service,
             cluster_domain=self.ctx.settings.cluster_domain, when=now, error=error,
             multiple_pods=multiple)
         patch = logic.status_patch(self.memo.current(sandbox), status)
         if patch is not None:
+            uid = sandbox["metadata"]["uid"]
+            if error and self._errors.get(uid) != error:
+                log.warning("sandbox %s/%s: %s", key[0], key[1], error)  # once, not per retry
+            self._errors[uid] = error
             await self.ctx.kube.patch_status(SANDBOXES, key[0], key[1], patch)
             self.memo.record(sandbox, status)
         if deadline is not None:
@@ -88,6 +95,8 @@ class SandboxReconciler:
         try:
             pod = await self.ctx.kube.create(PODS, meta["namespace"], logic.desired_pod(sandbox))
             return pod, ""
+        except Invalid as exc:
+            return None, _refused("Pod", meta, exc)
         except AlreadyExists:
             pod = await self.ctx.kube.get(PODS, meta["namespace"], meta["name"])
         if logic.is_controlled_by(pod, sandbox):
@@ -123,9 +132,18 @@ class SandboxReconciler:
                                   {"metadata": {"annotations": {n.POD_NAME_ANNOTATION: value}}})
 
     async def _ensure_pvcs(self, sandbox: dict) -> None:
+        """Create the PVCs of the volume-claim templates before the Pod that mounts them.
+
+        After a restart, a Sandbox whose Pod exists had its PVCs created before that Pod, so
+        they are not created again (which would cost a 409 per PVC).
+        """
         vcts = sandbox["spec"].get("volumeClaimTemplates") or []
         uid = sandbox["metadata"]["uid"]
         if not vcts or uid in self._pvcs_done:
+            return
+        pod = self.ctx.pods.get(sandbox["metadata"]["namespace"], sandbox["metadata"]["name"])
+        if pod is not None and logic.is_controlled_by(pod, sandbox):
+            self._pvcs_done.add(uid)
             return
         for vct in vcts:
             try:
@@ -135,8 +153,12 @@ class SandboxReconciler:
                 pass
         self._pvcs_done.add(uid)
 
-    async def _reconcile_service(self, sandbox: dict) -> tuple[bool, bool]:
-        """(a Service exists for it, the Service requirement is met)."""
+    async def _reconcile_service(self, sandbox: dict) -> tuple[bool, bool, str]:
+        """(a Service exists for it, the Service requirement is met, an error to report).
+
+        A Service the API server refuses (422: a Sandbox name with dots, two ports of one name)
+        is reported in the Ready condition, not retried: only a change of the Sandbox can fix it.
+        """
         meta = sandbox["metadata"]
         want = sandbox["spec"].get("service")
         service = self.ctx.services.get(meta["namespace"], meta["name"])
@@ -144,20 +166,22 @@ class SandboxReconciler:
             if want and logic.may_adopt(sandbox, service):
                 service = await self._adopt(SERVICES, service, sandbox)
             else:
-                return False, not want
+                return False, not want, ""
         if want is True:
             if service is None:
                 try:
                     service = await self.ctx.kube.create(SERVICES, meta["namespace"],
                                                          logic.desired_service(sandbox))
                 except AlreadyExists:
-                    return False, False
-            return True, True
+                    return False, False, ""
+                except Invalid as exc:
+                    return False, False, _refused("Service", meta, exc)
+            return True, True, ""
         if want is False and service is not None:
             await self.ctx.kube.delete(SERVICES, meta["namespace"], meta["name"],
                                        uid=service["metadata"]["uid"])
-            return False, True
-        return service is not None, True
+            return False, True, ""
+        return service is not None, True, ""
 
     async def _expire(self, sandbox: dict) -> None:
         """At shutdownTime: Ready=False/SandboxExpired, delete Pod and Service, then the CR
@@ -172,7 +196,8 @@ class SandboxReconciler:
             except NotFound:
                 return
         pod = self.ctx.pods.get(ns, name)
-        if pod is not None and logic.is_controlled_by(pod, sandbox):
+        if pod is not None and logic.is_controlled_by(pod, sandbox) and \
+                not pod["metadata"].get("deletionTimestamp"):
             await self.ctx.kube.delete(PODS, ns, name, uid=pod["metadata"]["uid"])
         service = self.ctx.services.get(ns, name)
         if service is not None and logic.is_controlled_by(service, sandbox):
@@ -184,4 +209,9 @@ class SandboxReconciler:
 
     def forget(self, uid: str) -> None:
         self._pvcs_done.discard(uid)
+        self._errors.pop(uid, None)
         self.memo.forget(uid)
+
+
+def _refused(kind: str, meta: dict, exc: Invalid) -> str:
+    return f"the API server refused the {kind}: {exc.message or exc}"

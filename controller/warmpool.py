@@ -37,6 +37,7 @@ def pool_key_of_member(sandbox: dict) -> tuple[str, str] | None:
 class WarmPoolReconciler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._stuck: set[str] = set()  # uids of pools last reported WarmPoolNotProgressing
 
     def members(self, pool: dict) -> list[dict]:
         """Sandboxes carrying the pool's label and controlled by it (or by nobody)."""
@@ -104,6 +105,7 @@ class WarmPoolReconciler:
             # their expiry must, or the pool would wait for the next resync.
             requeue = self.ctx.expectations.expires_in(key)
 
+        self._report_progress(pool, views)
         status = logic.pool_status(pool, views)
         self.ctx.metrics.pool_depth(ns, key[1], status["readyReplicas"], status["replicas"])
         patch = status_patch(pool.get("status"), status)
@@ -114,6 +116,19 @@ class WarmPoolReconciler:
                 if exc.status != 404:
                     raise
         return requeue
+
+    def _report_progress(self, pool: dict, views: list[logic.Member]) -> None:
+        """The Events upstream uses in place of conditions: members that cannot be scheduled
+        stall the pool (WarmPoolNotProgressing); once none is held, WarmPoolProgressing."""
+        uid = pool["metadata"]["uid"]
+        held = sum(1 for view in views if view.held and not view.deleting)
+        if held:
+            self._stuck.add(uid)
+            self.ctx.event(pool, "Warning", "WarmPoolNotProgressing",
+                           f"{held} warm Sandbox(es) cannot be scheduled")
+        elif uid in self._stuck:
+            self._stuck.discard(uid)
+            self.ctx.event(pool, "Normal", "WarmPoolProgressing", "members are scheduled again")
 
     def _view(self, sandbox: dict, template: dict | None,
               facts: logic.Freshness | None) -> logic.Member:

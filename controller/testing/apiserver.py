@@ -12,7 +12,10 @@ events; `networkpolicies`, `leases`;
 and every custom resource of the CRD manifests given (their schemas are enforced).
 Knobs for tests: `validate=False` (skip CRD schema work, for benchmarks of the controller),
 `watch_delay` (an informer that lags), `compact()` (forces 410 on resume),
-`close_watches()` (drops every stream), and `requests` (a count per verb and resource) and `statuses` (per verb, resource and code).
+`close_watches()` (drops every stream), `initializing` (a number of lists or watches of a
+resource answered `429 storage is (re)initializing`, as right after its CRD is created), and
+`requests` (a count per verb and resource), `subresource_requests` (per verb, resource and
+subresource) and `statuses` (per verb, resource and code).
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ class FakeApiServer:
         self.watch_delay = watch_delay
         self.requests: collections.Counter = collections.Counter()
         self.statuses: collections.Counter = collections.Counter()  # (verb, plural, code)
+        self.subresource_requests: collections.Counter = collections.Counter()  # (verb, plural, sub)
         self.url = ""
+        self.initializing: dict[str, int] = {}  # plural -> requests still to refuse with 429
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue] = set()
 
@@ -160,10 +165,15 @@ class FakeApiServer:
         group = match["group"] or ""
         plural, ns, name, sub = match["plural"], match["ns"], match["name"], match["sub"]
         self.requests[(request.method, plural)] += 1
+        if sub:
+            self.subresource_requests[(request.method, plural, sub)] += 1
         try:
             info = self.store.info(group, plural)
             body = await request.json() if request.can_read_body else None
             if request.method == "GET" and name is None:
+                if self.initializing.get(plural):
+                    self.initializing[plural] -= 1
+                    raise StoreError(429, "TooManyRequests", "storage is (re)initializing")
                 if request.query.get("watch") in ("true", "1"):
                     return await self._watch(request, info, ns)
                 return self._list(request, info, ns)

@@ -18,6 +18,7 @@ import copy
 import datetime
 import json
 import random
+import re
 import string
 import uuid
 from collections import deque
@@ -170,6 +171,12 @@ class Store:
     # -- writes -----------------------------------------------------------------------------
 
     def _validate(self, info: ResourceInfo, obj: dict, old: dict | None) -> None:
+        if self.validate and info.key == ("", "services"):
+            errors = _service_errors(obj)
+            if errors:
+                name = obj.get("metadata", {}).get("name", "")
+                raise StoreError(422, "Invalid", f'Service "{name}" is invalid: '
+                                 + "; ".join(errors))
         if info.schema is None or not self.validate:
             return
         schemas.prune(info.schema, obj, root=True)
@@ -350,6 +357,29 @@ class Store:
     def _deleting(self, uid: str) -> bool:
         key = self.uids.get(uid)
         return key is not None and bool(self.objects[key]["metadata"].get("deletionTimestamp"))
+
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _service_errors(obj: dict) -> list[str]:
+    """What kube-apiserver's Service validation refuses that controllers can get wrong."""
+    errors = []
+    name = obj.get("metadata", {}).get("name", "")
+    if len(name) > 63 or not _DNS1035.match(name):
+        errors.append(f'metadata.name: Invalid value: "{name}": a DNS-1035 label must consist '
+                      "of lower case alphanumeric characters or '-', start with an alphabetic "
+                      "character, and end with an alphanumeric character")
+    ports = (obj.get("spec") or {}).get("ports") or []
+    seen: set[str] = set()
+    for i, port in enumerate(ports):
+        port_name = port.get("name", "")
+        if len(ports) > 1 and not port_name:
+            errors.append(f"spec.ports[{i}].name: Required value")
+        elif port_name in seen:
+            errors.append(f'spec.ports[{i}].name: Duplicate value: "{port_name}"')
+        seen.add(port_name)
+    return errors
 
 
 def dumps(obj: Any) -> bytes:

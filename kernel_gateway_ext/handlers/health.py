@@ -26,8 +26,9 @@ class ReadyHandler(GatewayHandler):
         pools = {name: {"ready": len(pool.ready), "size": pool.template.pool_size, "creating": pool.creating}
                  for name, pool in self.gateway.pools.items()}
         for name, pool in self.gateway.pools.items():
-            if pool.preload_failures:  # the pool serves, without what failed
-                pools[name]["preload_failed"] = pool.preload_failures
+            failures = getattr(pool, "preload_failures", None)  # Kubernetes pools preload nothing
+            if failures:  # the pool serves, without what failed
+                pools[name]["preload_failed"] = failures
         problems = [f"pool {name!r} has no ready sandbox yet" for name, p in pools.items()
                     if p["size"] > 0 and p["ready"] == 0
                     and getattr(self.gateway.pools[name], "gates_readiness", True)]

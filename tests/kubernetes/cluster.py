@@ -15,6 +15,7 @@ import base64
 import copy
 import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -41,11 +42,15 @@ AGENTCUBE = "runtime.agentcube.volcano.sh"
 class PicodRuntime:
     """Runs a pod's first container as a PicoD process bound to the pod's own loopback IP."""
 
-    def __init__(self, store: Any, directory: str, ready_timeout: float = 60.0) -> None:
+    def __init__(self, store: Any, directory: str, ready_timeout: float = 60.0,
+                 ip_prefix: str = "127.77") -> None:
         self.store = store
+        self.ip_prefix = ip_prefix
         self.directory = directory
         self.ready_timeout = ready_timeout
-        self._ips = itertools.count(2)
+        # A random block of addresses per run: test runs side by side on one machine (two
+        # worktrees) must not answer each other's pods on 127.77.0.x.
+        self._ips = itertools.count(2 + 250 * random.randrange(200))
         self._procs: dict[str, subprocess.Popen] = {}
         self.started = 0
 
@@ -59,16 +64,19 @@ class PicodRuntime:
             if "fieldRef" in source:
                 env[var["name"]] = fields[source["fieldRef"]["fieldPath"]]
             elif "secretKeyRef" in source:
-                ref = source["secretKeyRef"]
-                secret = self.store.get(self.store.info("", "secrets"), meta["namespace"], ref["name"])
-                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+                env[var["name"]] = self.secret_value(meta["namespace"], source["secretKeyRef"])
             else:
                 env[var["name"]] = var.get("value", "")
         return env
 
+    def secret_value(self, namespace: str, ref: dict) -> str:
+        """A `secretKeyRef`'s value (the fake cluster's store; a real cluster's kubelet overrides)."""
+        secret = self.store.get(self.store.info("", "secrets"), namespace, ref["name"])
+        return base64.b64decode(secret["data"][ref["key"]]).decode()
+
     async def start(self, pod: dict) -> str:
         n = next(self._ips)
-        ip = f"127.77.{n // 250}.{n % 250 + 1}"
+        ip = f"{self.ip_prefix}.{n // 250}.{n % 250 + 1}"
         container = pod["spec"]["containers"][0]
         port = ((container.get("ports") or [{}])[0]).get("containerPort", 8080)
         argv = [sys.executable, "-m", "picod_kernel", "--host", ip, "--port", str(port), "--log-level", "WARNING",
@@ -78,13 +86,15 @@ class PicodRuntime:
         self.started += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
+        probe = ((container.get("readinessProbe") or {}).get("httpGet") or {})
+        probe_port = probe.get("port", port) if isinstance(probe.get("port"), int) else port
         async with aiohttp.ClientSession() as session:  # the readiness probe
             while loop.time() < deadline:
                 if proc.poll() is not None:
                     tail = (await asyncio.to_thread(log.read_text))[-400:]
                     raise RuntimeError(f"picod exited with {proc.returncode}: {tail}")
                 try:
-                    async with session.get(f"http://{ip}:{port}/health",
+                    async with session.get(f"http://{ip}:{probe_port}{probe.get('path', '/health')}",
                                            timeout=aiohttp.ClientTimeout(total=1)) as response:
                         if response.status == 200:
                             return ip
@@ -101,15 +111,27 @@ class PicodRuntime:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return proc, log
 
-    async def stop(self, pod: dict) -> None:
+    async def stop(self, pod: dict, grace: float = 0.0) -> None:
+        """Kill the pod's process: SIGTERM and up to `grace` seconds to exit, then SIGKILL."""
         proc = self._procs.pop(pod["metadata"]["uid"], None)
         if proc is None or proc.poll() is not None:
             return
+        if grace > 0:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), grace)
+                return
+            except (ProcessLookupError, asyncio.TimeoutError):
+                pass
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         await asyncio.to_thread(proc.wait)
+
+    async def stop_all(self) -> None:
+        for uid in list(self._procs):
+            await self.stop({"metadata": {"uid": uid}})
 
     def alive(self) -> int:
         return sum(1 for p in self._procs.values() if p.poll() is None)
