@@ -45,7 +45,8 @@ async def _notebook_session(lab: JupyterServer, kernel_id: str) -> None:
                                           {"Authorization": f"token {LAB_TOKEN}"})
     try:
         assert await channels.run("import os; x = 6 * 7; (os.getuid(), x)") == "(1000, 42)"
-        looping = channels.send("while True: pass")
+        looping = channels.send("print('looping', flush=True)\nwhile True: pass")
+        await channels.started(looping)
         interrupted = await asyncio.to_thread(lab.api, "POST", f"/api/kernels/{kernel_id}/interrupt")
         assert interrupted.status_code == 204, interrupted.text
         reply, _ = await channels.outcome(looping)

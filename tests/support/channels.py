@@ -125,6 +125,18 @@ class KernelChannels:
             "parent_header": {}, "metadata": {}, "content": {"code": code, "silent": False}, "channel": "shell"}))
         return msg_id
 
+    async def started(self, msg_id: str, timeout: float = 60) -> None:
+        """Until the request's first stream output: the code is running (an interrupt that
+        reaches a kernel before it runs the code is lost)."""
+        async def read() -> None:
+            while True:
+                raw = await self.conn.read_message()
+                assert raw is not None, "the channels WebSocket closed"
+                msg = json.loads(raw)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                    return
+        await asyncio.wait_for(read(), timeout)
+
     async def outcome(self, msg_id: str, timeout: float = 60) -> tuple[dict, str | None]:
         """The execute_reply's content and the text/plain result, if any."""
         async def read() -> tuple[dict, str | None]:
