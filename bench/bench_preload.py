@@ -26,7 +26,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from bench.bench_gateway import SANDBOX_PYTHON, Client, start_gateway, wait_pool
 from bench.stats import report
-from kernel_gateway_ext.providers.local import sandboxes_root
+from kernel_gateway_ext.providers.local import _descendants, sandboxes_root
 
 PLOT = "import pandas, matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()"
 POOL = 8
@@ -65,25 +65,6 @@ def _pss_kib(pid: int) -> int:
         return 0
 
 
-def _children(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as f:
-                    kids = [int(c) for c in f.read().split()]
-            except OSError:
-                continue
-            found += kids
-            stack += kids
-    return found
-
-
 def _role(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -116,7 +97,7 @@ def sandbox_memory(state_dir: str) -> list[dict[str, float]]:
     for pids in roots.values():
         everything = set(pids)
         for pid in pids:
-            everything.update(_children(pid))
+            everything.update(_descendants(pid))
         by_role: dict[str, float] = {}
         for pid in everything:
             role = _role(pid)
