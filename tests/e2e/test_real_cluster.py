@@ -22,6 +22,7 @@ import requests
 from controller import naming as n
 from controller.resources import CODE_INTERPRETERS, SANDBOXES
 from tests.e2e.cluster import NAMESPACE, RealCluster
+from tests.support import waiting
 from tests.support.channels import KernelChannels
 from tests.support.gateway import HEADERS, TOKEN
 
@@ -30,13 +31,7 @@ SESSION_LABEL = n.SESSION_ID
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.1)
+    return waiting.wait_for(predicate, timeout, what, interval=0.1)
 
 
 def sandboxes(cluster: RealCluster) -> list[dict]:

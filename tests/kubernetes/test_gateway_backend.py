@@ -28,16 +28,7 @@ from kernel_gateway_ext.providers.kubernetes import KubeSettings, load_identity
 from tests.kubernetes.cluster import Cluster, code_interpreter, install
 from tests.support.channels import KernelChannels
 from tests.support.gateway import HEADERS, TOKEN, run_kernelcube
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.05)
+from tests.support.waiting import wait_for
 
 
 def warm_ready(cluster: Cluster, pool: str) -> list[dict]:
