@@ -107,13 +107,16 @@ def warm_round_trips(client: Client, n: int = 200) -> list[float]:
     return samples
 
 
-async def throughput(url: str) -> tuple[int, float, list[float]]:
-    """CONCURRENT sessions, each executing `1+1` in a loop for THROUGHPUT_SECONDS."""
+async def throughput(url: str, settle) -> tuple[int, float, list[float]]:
+    """CONCURRENT sessions, each executing `1+1` in a loop for THROUGHPUT_SECONDS, once
+    `settle()` returns (the pool has refilled: the figure is the steady state's, not the
+    refill's CPU)."""
     async with aiohttp.ClientSession(headers=HEADERS) as http_session:
         async def create() -> str:
             async with http_session.post(url + "/v1/sessions", json={"timeout": 120}) as response:
                 return (await response.json())["session_id"]
         session_ids = await asyncio.gather(*(create() for _ in range(CONCURRENT)))
+        await asyncio.to_thread(settle)
         latencies: list[float] = []
         deadline = time.monotonic() + THROUGHPUT_SECONDS
 
@@ -160,7 +163,7 @@ def run() -> None:
             refill = time.monotonic() - started
             for session_id in taken:
                 client.call("DELETE", f"/v1/sessions/{session_id}")
-            count, elapsed, latencies = asyncio.run(throughput(gateway.url))
+            count, elapsed, latencies = asyncio.run(throughput(gateway.url, lambda: wait_pool(client, 8)))
         finally:
             gateway.stop()
     report("session claim, warm pool (goal p50<=5, p99<=20)", claims)
