@@ -77,7 +77,10 @@ class PicodClient:
         else:
             self._connector = aiohttp.TCPConnector()
             self.base_url = endpoint["url"].rstrip("/")
+        # No cookie jar: PicoD sets no cookies, and one sandbox's answers must never shape
+        # the next request (nor cost a jar lookup on every call).
         self._session = aiohttp.ClientSession(connector=self._connector, auto_decompress=False,
+                                              cookie_jar=aiohttp.DummyCookieJar(),
                                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
 
     async def request(self, method: str, path: str, *, token: str | None = None, headers: dict | None = None,
