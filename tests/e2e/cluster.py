@@ -20,7 +20,8 @@ import yaml
 
 from controller.kube import KubeClient, load_configuration
 from tests.e2e.controlplane import ControlPlane, Process
-from tests.e2e.kubelet import ApiPicodRuntime, ProcessKubelet
+from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.runtime import ProcessRuntime
 from tests.support.gateway import REPO, Gateway
 from tests.support.redis import free_port
 
@@ -131,7 +132,7 @@ class RealCluster:
         self.kube = KubeClient(await load_configuration(kubeconfig=str(self.cp.admin_kubeconfig),
                                                         in_cluster=False))
         (self.dir / "pods").mkdir(exist_ok=True)
-        self.runtime = ApiPicodRuntime(self.kube, str(self.dir / "pods"), ip_prefix="127.78")
+        self.runtime = ProcessRuntime(self.kube, str(self.dir / "pods"), ip_prefix="127.78")
         self.kubelet = ProcessKubelet(self.kube, self.runtime)
         await self.kubelet.__aenter__()
 

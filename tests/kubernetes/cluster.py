@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,26 +79,42 @@ class PicodRuntime:
         n = next(self._ips)
         ip = f"{self.ip_prefix}.{n // 250}.{n % 250 + 1}"
         container = pod["spec"]["containers"][0]
-        port = ((container.get("ports") or [{}])[0]).get("containerPort", 8080)
-        argv = [sys.executable, "-m", "picod_kernel", "--host", ip, "--port", str(port), "--log-level", "WARNING",
-                *(a for a in container.get("args") or () if not a.startswith(("--workspace", "--host", "--port")))]
-        proc, log = await asyncio.to_thread(self._spawn, pod["metadata"]["name"], argv, self._env(pod, container, ip))
+        proc, log = await asyncio.to_thread(self._spawn, pod["metadata"]["name"], self.argv(container, ip),
+                                            self._env(pod, container, ip))
         self._procs[pod["metadata"]["uid"]] = proc
         self.started += 1
+        await self.probe(container, ip, proc.poll, log)
+        return ip
+
+    @staticmethod
+    def port(container: dict) -> int:
+        return ((container.get("ports") or [{}])[0]).get("containerPort", 8080)
+
+    def argv(self, container: dict, ip: str) -> list[str]:
+        """PicoD on the pod's IP and the container's port, with the container's other args."""
+        return [sys.executable, "-m", "picod_kernel", "--host", ip, "--port", str(self.port(container)),
+                "--log-level", "WARNING",
+                *(a for a in container.get("args") or () if not a.startswith(("--workspace", "--host", "--port")))]
+
+    async def probe(self, container: dict, ip: str, exit_code: Callable[[], int | None], log: Path) -> None:
+        """The readiness probe, until it passes; RuntimeError if the process exits first
+        (`exit_code()` is not None) or it does not pass within `ready_timeout`."""
+        port = self.port(container)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
         probe = ((container.get("readinessProbe") or {}).get("httpGet") or {})
         probe_port = probe.get("port", port) if isinstance(probe.get("port"), int) else port
-        async with aiohttp.ClientSession() as session:  # the readiness probe
+        async with aiohttp.ClientSession() as session:
             while loop.time() < deadline:
-                if proc.poll() is not None:
-                    tail = (await asyncio.to_thread(log.read_text))[-400:]
-                    raise RuntimeError(f"picod exited with {proc.returncode}: {tail}")
+                code = exit_code()
+                if code is not None:
+                    tail = (await asyncio.to_thread(log.read_text, errors="replace"))[-400:]
+                    raise RuntimeError(f"picod exited with {code}: {tail}")
                 try:
                     async with session.get(f"http://{ip}:{probe_port}{probe.get('path', '/health')}",
                                            timeout=aiohttp.ClientTimeout(total=1)) as response:
                         if response.status == 200:
-                            return ip
+                            return
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                     pass
                 await asyncio.sleep(0.02)
