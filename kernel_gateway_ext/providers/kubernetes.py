@@ -9,6 +9,7 @@ AgentCube `name` is the CR's name), kept current by watches. A new session:
    a precondition), which takes it out of its pool the way the controller's claim adoption does,
    so the pool refills. A 409 means someone else took it: try the next one. Within a gateway,
    a member being patched is reserved so two sessions never race for it.
+   With `warm_adoption` off, there is no fast path: every session takes the fallback.
 2. **Fallback.** With no Ready member, a SandboxClaim on the pool (the controller binds it to
    the next warm member, or starts a cold one), or, for a CR without a pool, a cold Sandbox of
    its own. The session waits for Ready through the same watches (no polling), bounded by the
@@ -68,6 +69,7 @@ class KubeSettings:
     in_cluster: str = "auto"
     api_url: str = ""
     identity_namespace: str = ""
+    warm_adoption: bool = True  # the fast path; False: every session through a SandboxClaim
 
     def connection(self) -> dict:
         return {"kubeconfig": self.kubeconfig, "context": self.context, "in_cluster": self.in_cluster,
@@ -285,7 +287,7 @@ class KubernetesProvider(SandboxProvider):
         template = pool.template
         assert isinstance(template, k.KubeTemplate) and self.api is not None
         expires_at = k.expiry(template)
-        sandbox = await self._adopt_warm(template, session_id, expires_at)
+        sandbox = await self._adopt_warm(template, session_id, expires_at) if self.settings.warm_adoption else None
         if sandbox is not None:
             meta = sandbox["metadata"]
             return self._sandbox(template, sandbox, {"kind": "Sandbox", "name": meta["name"], "uid": meta["uid"]}), "warm"

@@ -166,12 +166,12 @@ class RealCluster:
         self.controllers.append(process)
         return process
 
-    def start_gateway(self, port: int | None = None, idle_timeout: str = "") -> Gateway:
+    def start_gateway(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Gateway:
         state = self.dir / f"gateway{len(self.gateways)}"
         extra = ["--backend", "kubernetes", "--KernelCubeApp.in_cluster=false",
                  f"--KernelCubeApp.kubeconfig={self.gateway_kubeconfig}",
                  "--namespaces", NAMESPACE, f"--KernelCubeApp.identity_namespace={NAMESPACE}",
-                 "--KernelCubeApp.claim_timeout=60"]
+                 "--KernelCubeApp.claim_timeout=60", *extra_args]
         # This checkout's code, even when the virtualenv's editable install is another's.
         gateway = Gateway(str(state), port or free_port(), redis_url=self.redis_url,
                           extra=tuple(extra), env={"PYTHONPATH": REPO})

@@ -117,7 +117,7 @@ def test_failures_name_their_cause():
 def test_the_kubernetes_options_name_their_environment_variables(tmp_path):
     help_all = run_kernelcube("--help-all").stdout
     for env in ("KERNELCUBE_NAMESPACES", "KERNELCUBE_KUBECONFIG", "KERNELCUBE_KUBE_CONTEXT", "KERNELCUBE_IN_CLUSTER",
-                "KERNELCUBE_KUBE_API_URL", "KERNELCUBE_IDENTITY_NAMESPACE"):
+                "KERNELCUBE_KUBE_API_URL", "KERNELCUBE_IDENTITY_NAMESPACE", "KERNELCUBE_WARM_ADOPTION"):
         assert env in help_all
     bad = run_kernelcube("--backend", "kubernetes", "--namespaces", "Not_A_Namespace", "--port", "0",
                          "--state-dir", str(tmp_path))

@@ -1,0 +1,430 @@
+"""Benchmark: sessions on a real Kubernetes control plane at the scale of issue 11, the gateway's
+fast path against SandboxClaims, in one run (`make bench-k8s`; not part of `make bench`).
+
+One cluster for everything, the end-to-end tests' harness (tests/e2e): etcd, kube-apiserver and
+kube-controller-manager built from Go modules, the chart's CRDs and RBAC, the process kubelet,
+a real Redis, KernelCube's controller, and two gateways acting as the chart's ServiceAccount:
+- the fast path: a session takes a Ready warm Sandbox itself, with one conditional PATCH;
+- the baseline: a gateway with `warm_adoption` off, so that every session goes through a
+  SandboxClaim that the controller binds (AgentCube's way), awaited through the gateway's watch.
+The clients run in a process of their own (the kubelet runs in this one) and time
+`POST /v1/sessions` until its 201, which is what a user waits for; every session is ended.
+
+Figures (each printed against the baseline measured in the same run):
+1. a warm-pool session claim, one at a time, the paths alternating, on a pool of 50 that
+   refills meanwhile: p50 and p99;
+2. the reference case: bursts of 20 sessions at once on a warm pool of 5 (goal for the fast
+   path: p50 <= 100 ms); the sessions past the warm five wait for cold pods either way;
+3. claims/s sustained by 100 concurrent clients, each creating a session and ending it, on a
+   pool of 50;
+4. a pool of 50 refilled from empty (no SandboxClaim counterpart: the pool's own throughput).
+For each, where the time went: the gateway's own claim time and the API server's latency for
+the writes involved (both from their metrics), and CPU seconds by component.
+
+The pods run PicoD with `--no-kernel` (commands and files, no Jupyter kernel), limited to
+500m CPU and 256 MiB: ~40 MiB and ~0.1 s of CPU to start, where a kernel adds ~60 MiB and
+~0.5 s (and the image's default preload of numpy, pandas and matplotlib ~120 MiB and ~1.5 s),
+which 150 pods on 2 cores could not afford. A claim does not depend on what the pod runs; a
+cold start (figures 2 to 4) does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from bench.stats import percentile
+
+ON_DEMAND = True  # needs the control plane built by `make k8s-control-plane`: `make bench-k8s`
+TEMPLATE = "bench"
+POD_ARGS = ["--no-kernel"]
+POD_LIMITS = {"cpu": "500m", "memory": "256Mi"}
+SEQUENTIAL = 100  # sessions per path, one at a time
+SEQUENTIAL_POOL = 50
+BURST, BURST_POOL, BURST_ROUNDS = 20, 5, 3
+SUSTAINED_CLIENTS, SUSTAINED_SESSIONS, SUSTAINED_POOL = 100, 300, 50
+REFILL_POOL = 50
+FAST_GOAL_MS = 100.0
+PATHS = ("fast path", "SandboxClaim")
+
+
+# -- clients: in a process of their own, so that the kubelet's work does not delay their clocks
+
+def alternate(urls: dict[str, str], template: str, count: int, pause: float) -> dict[str, list]:
+    """`count` sessions per gateway, one at a time, the gateways taking turns."""
+    return asyncio.run(_alternate(urls, template, count, pause))
+
+
+def burst(url: str, template: str, count: int) -> list[dict]:
+    """`count` sessions at once; ended once all have answered."""
+    return asyncio.run(_burst(url, template, count))
+
+
+def sustained(url: str, template: str, clients: int, total: int) -> tuple[list[dict], float]:
+    """`clients` concurrent clients that each create a session and end it, `total` in all;
+    the results and the wall time."""
+    return asyncio.run(_sustained(url, template, clients, total))
+
+
+def _http():
+    import aiohttp
+
+    from tests.support.gateway import HEADERS
+    return aiohttp.ClientSession(headers=HEADERS, connector=aiohttp.TCPConnector(limit=0),
+                                 timeout=aiohttp.ClientTimeout(total=180))
+
+
+async def _create(http, url: str, template: str) -> dict:
+    started = time.perf_counter()
+    async with http.post(url + "/v1/sessions", json={"template": template}) as response:
+        body = await response.json(content_type=None)
+    return {"seconds": time.perf_counter() - started, "status": response.status,
+            "session_id": body.get("session_id"), "error": None if response.status == 201 else body}
+
+
+async def _end(http, url: str, results: list[dict]) -> None:
+    async def one(result: dict) -> None:
+        if result["session_id"]:
+            async with http.delete(f"{url}/v1/sessions/{result['session_id']}") as response:
+                await response.read()
+    await asyncio.gather(*(one(r) for r in results))
+
+
+async def _alternate(urls: dict[str, str], template: str, count: int, pause: float) -> dict:
+    found: dict[str, list] = {name: [] for name in urls}
+    async with _http() as http:
+        for _ in range(count):
+            for name, url in urls.items():
+                result = await _create(http, url, template)
+                found[name].append(result)
+                await _end(http, url, [result])
+            await asyncio.sleep(pause)
+    return found
+
+
+async def _burst(url: str, template: str, count: int) -> list[dict]:
+    async with _http() as http:
+        results = list(await asyncio.gather(*(_create(http, url, template) for _ in range(count))))
+        await _end(http, url, results)
+    return results
+
+
+async def _sustained(url: str, template: str, clients: int, total: int) -> tuple[list, float]:
+    results: list[dict] = []
+    tickets = iter(range(total))
+    async with _http() as http:
+        async def client() -> None:
+            for _ in tickets:
+                result = await _create(http, url, template)
+                results.append(result)
+                await _end(http, url, [result])
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return results, wall
+
+
+# -- the cluster side ------------------------------------------------------------------------
+
+class Bench:
+    """The cluster, its two gateways and the client process; phases are methods."""
+
+    def __init__(self, cluster, clients: ProcessPoolExecutor, redis_pid: int) -> None:
+        from tests.e2e.cluster import NAMESPACE
+        self.cluster = cluster
+        self.redis_pid = redis_pid
+        self.cp = cluster.cp
+        self.ns = NAMESPACE
+        self.clients = clients
+        self.gateways: dict[str, object] = {}
+
+    def start(self, pool: int) -> float:
+        """The controller, both gateways and the CodeInterpreter; seconds to fill its pool."""
+        self.cluster.start_controller("bench")
+        self.gateways = {
+            PATHS[0]: self.cluster.start_gateway(),
+            PATHS[1]: self.cluster.start_gateway(extra_args=("--KernelCubeApp.warm_adoption=false",))}
+        image = self.cluster.code_interpreters[0]["spec"]["template"]["image"]
+        started = time.monotonic()
+        self.cp.apply({
+            "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter",
+            "metadata": {"name": TEMPLATE, "namespace": self.ns},
+            "spec": {"warmPoolSize": pool, "sessionTimeout": "15m", "template": {
+                "image": image, "args": POD_ARGS, "resources": {"limits": POD_LIMITS}}}})
+        self.settle(pool, timeout=300)
+        for gateway in self.gateways.values():
+            self._wait_template(gateway)
+        return time.monotonic() - started
+
+    def url(self, path: str) -> str:
+        return self.gateways[path].url  # type: ignore[attr-defined]
+
+    def _wait_template(self, gateway) -> None:
+        import requests
+
+        from tests.support.gateway import HEADERS
+        from tests.support.waiting import wait_for
+        wait_for(lambda: TEMPLATE in requests.get(gateway.url + "/api/kernelspecs", headers=HEADERS,
+                                                  timeout=10).json()["kernelspecs"],
+                 60, f"the gateway to know {TEMPLATE}")
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def census(self) -> tuple[int, int, int]:
+        """(Ready warm members, warm members, every Sandbox) of the namespace."""
+        from controller import naming as n
+        from tests.e2e.test_real_cluster import is_ready
+        items = self.cp.api("GET", f"/apis/agents.x-k8s.io/v1beta1/namespaces/{self.ns}/sandboxes")[
+            "items"]
+        members = [s for s in items if n.WARM_POOL_SANDBOX in (s["metadata"].get("labels") or {})
+                   and not s["metadata"].get("deletionTimestamp")]
+        return sum(1 for s in members if is_ready(s)), len(members), len(items)
+
+    def set_pool(self, size: int) -> None:
+        self.cp.api("PATCH", f"/apis/runtime.agentcube.volcano.sh/v1alpha1/namespaces/{self.ns}/"
+                             f"codeinterpreters/{TEMPLATE}", {"spec": {"warmPoolSize": size}},
+                    content_type="application/merge-patch+json")
+
+    def settle(self, size: int, timeout: float = 180) -> None:
+        """Until the pool is exactly `size` Ready members and no other Sandbox is left (the
+        sessions' are deleted), so that a phase starts from quiet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.census() == (size, size, size):
+                time.sleep(0.5)  # the last deletions' pods and watch events
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the pool did not settle at {size}: {self.census()}")
+
+    def refill_from_empty(self, size: int) -> float:
+        self.set_pool(0)
+        self.settle(0)
+        started = time.monotonic()
+        self.set_pool(size)
+        deadline = started + 300
+        while self.census()[0] < size:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pool did not refill to {size}: {self.census()}")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    # -- where the time goes -----------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        return {"claim": {path: self._claim_metrics(path) for path in PATHS},
+                "apiserver": self._apiserver_metrics(), "cpu": self._cpu()}
+
+    def _claim_metrics(self, path: str) -> dict:
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from tests.support.gateway import HEADERS
+        text = requests.get(self.url(path) + "/metrics", headers=HEADERS, timeout=10).text
+        found: dict = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "kernelcube_claim_seconds":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("template") == TEMPLATE and sample.name.endswith(("_sum", "_count")):
+                    key = (sample.labels["path"], sample.name.rsplit("_", 1)[1])
+                    found[key] = sample.value
+        return found
+
+    def _apiserver_metrics(self) -> dict:
+        from prometheus_client.parser import text_string_to_metric_families
+        text = self.cp.session.get(self.cp.url + "/metrics", timeout=30).text
+        found: dict = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "apiserver_request_duration_seconds":
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith(("_sum", "_count")):
+                    continue
+                labels = sample.labels
+                if labels.get("resource") not in ("sandboxes", "sandboxclaims", "pods"):
+                    continue
+                key = (labels["verb"], labels["resource"], labels.get("subresource", ""),
+                       sample.name.rsplit("_", 1)[1])
+                found[key] = found.get(key, 0.0) + sample.value
+        return found
+
+    def _cpu(self) -> dict[str, float]:
+        import psutil
+        pids = {p.name: p.pid for p in self.cp.processes}
+        if self.cluster.controllers:
+            pids["controller"] = self.cluster.controllers[0].pid
+        pids |= {f"gateway ({path})": g.proc.pid for path, g in self.gateways.items()}  # type: ignore[attr-defined]
+        pids["redis"] = self.redis_pid
+        found = {}
+        for name, pid in pids.items():
+            try:
+                times = psutil.Process(pid).cpu_times()
+                found[name] = times.user + times.system
+            except psutil.Error:
+                pass
+        own = psutil.Process().cpu_times()
+        found["kubelet (and this bench)"] = own.user + own.system
+        found["pods (exited)"] = own.children_user + own.children_system
+        return found
+
+    def breakdown(self, before: dict, after: dict, indent: str = "     ") -> None:
+        """Where the time went between two snapshots."""
+        for path in PATHS:
+            parts = []
+            for kind in ("warm", "cold"):
+                count = after["claim"][path].get((kind, "count"), 0) - before["claim"][path].get(
+                    (kind, "count"), 0)
+                total = after["claim"][path].get((kind, "sum"), 0) - before["claim"][path].get(
+                    (kind, "sum"), 0)
+                if count:
+                    how = "adopted" if kind == "warm" else "through a SandboxClaim"
+                    parts.append(f"{int(count)} {how}, {total / count * 1000:.0f} ms on average")
+            if parts:
+                print(f"{indent}gateway claim time, {path}: {'; '.join(parts)}")
+        writes = []
+        for verb, resource, sub in (("PATCH", "sandboxes", ""), ("POST", "sandboxclaims", ""),
+                                    ("PATCH", "sandboxclaims", "status"),
+                                    ("PATCH", "sandboxes", "status"), ("POST", "pods", ""),
+                                    ("PATCH", "pods", "status")):
+            count = after["apiserver"].get((verb, resource, sub, "count"), 0) - before[
+                "apiserver"].get((verb, resource, sub, "count"), 0)
+            total = after["apiserver"].get((verb, resource, sub, "sum"), 0) - before[
+                "apiserver"].get((verb, resource, sub, "sum"), 0)
+            if count:
+                name = f"{verb} {resource}{'/' + sub if sub else ''}"
+                writes.append(f"{name} {int(count)}x {total / count * 1000:.0f} ms")
+        if writes:
+            print(f"{indent}API server mean latency: {', '.join(writes)}")
+        cpu = {name: after["cpu"].get(name, 0) - before["cpu"].get(name, 0) for name in after["cpu"]}
+        print(f"{indent}CPU seconds: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in
+                                                  sorted(cpu.items(), key=lambda kv: -kv[1])
+                                                  if seconds >= 0.05))
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def one_at_a_time(self) -> dict[str, list[float]]:
+        urls = {path: self.url(path) for path in PATHS}
+        found = self.clients.submit(alternate, urls, TEMPLATE, SEQUENTIAL, 0.05).result()
+        return {path: _latencies(path, results) for path, results in found.items()}
+
+    def bursts(self, count: int, pool: int, rounds: int) -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {path: [] for path in PATHS}
+        for _ in range(rounds):
+            for path in PATHS:
+                self.settle(pool)
+                results = self.clients.submit(burst, self.url(path), TEMPLATE, count).result()
+                found[path] += _latencies(path, results)
+        return found
+
+    def sustain(self, clients: int, total: int, pool: int) -> dict[str, tuple[list[float], float]]:
+        found = {}
+        for path in PATHS:
+            self.settle(pool)
+            results, wall = self.clients.submit(sustained, self.url(path), TEMPLATE, clients,
+                                                total).result()
+            found[path] = (_latencies(path, results), wall)
+        return found
+
+
+def _latencies(path: str, results: list[dict]) -> list[float]:
+    failed = [r for r in results if r["status"] != 201]
+    if failed:
+        print(f"     {path}: {len(failed)} of {len(results)} sessions failed, e.g. "
+              f"{failed[0]['status']} {str(failed[0]['error'])[:300]}")
+    return [r["seconds"] * 1000 for r in results if r["status"] == 201]
+
+
+def _line(label: str, samples: list[float]) -> str:
+    if not samples:
+        return f"     {label:<14} no sample"
+    return (f"     {label:<14} p50 {statistics.median(samples):7.1f} ms   p99 "
+            f"{percentile(samples, 99):7.1f} ms   (n={len(samples)})")
+
+
+def _versus(fast: list[float], claim: list[float]) -> str:
+    if not fast or not claim:
+        return ""
+    p50 = statistics.median(fast) / statistics.median(claim)
+    p99 = percentile(fast, 99) / percentile(claim, 99)
+    return (f"     fast path / SandboxClaim: p50 {p50:.2f}x, p99 {p99:.2f}x "
+            f"({1 / p50:.1f}x faster at p50)")
+
+
+def run() -> None:
+    from tests.e2e.build_control_plane import ensure_built
+    from tests.e2e.cluster import RealCluster
+    from tests.support.redis import RedisServer
+
+    bin_dir = ensure_built()
+    with tempfile.TemporaryDirectory(prefix="kernelcube-bench-k8s-") as tmp, \
+            RedisServer(Path(tmp) / "redis") as redis, \
+            RealCluster(Path(tmp) / "k8s", bin_dir, redis.url) as cluster, \
+            ProcessPoolExecutor(1, mp_context=get_context("spawn")) as clients:
+        print(f"  pods: PicoD {' '.join(POD_ARGS)} (commands and files, no Jupyter kernel), limits "
+              f"cpu {POD_LIMITS['cpu']} memory {POD_LIMITS['memory']}; {cluster.runtime.describe()}")
+        print(f"  machine: {os.cpu_count()} cores; control plane ready in "
+              f"{cluster.timings['cluster_ready']:.1f}s")
+        clients.submit(time.monotonic).result()  # the client process is up before any timing
+        assert redis.proc is not None
+        bench = Bench(cluster, clients, redis.proc.pid)
+        filled = bench.start(SEQUENTIAL_POOL)
+        print(f"  pool of {SEQUENTIAL_POOL} filled from empty in {filled:.1f}s (CodeInterpreter "
+              f"created to {SEQUENTIAL_POOL} Ready)")
+
+        print(f"  1. warm-pool session claim, one at a time ({SEQUENTIAL} per path, alternating; "
+              f"pool of {SEQUENTIAL_POOL})", flush=True)
+        before = bench.snapshot()
+        found = bench.one_at_a_time()
+        after = bench.snapshot()
+        print(_line(PATHS[0], found[PATHS[0]]))
+        print(_line(PATHS[1], found[PATHS[1]]) + "   baseline")
+        print(_versus(found[PATHS[0]], found[PATHS[1]]))
+        bench.breakdown(before, after)
+
+        print(f"  2. reference case: {BURST_ROUNDS} bursts of {BURST} sessions at once on a warm "
+              f"pool of {BURST_POOL} (goal: fast path p50 <= {FAST_GOAL_MS:.0f} ms)", flush=True)
+        bench.set_pool(BURST_POOL)
+        before = bench.snapshot()
+        found = bench.bursts(BURST, BURST_POOL, BURST_ROUNDS)
+        after = bench.snapshot()
+        print(_line(PATHS[0], found[PATHS[0]]))
+        print(_line(PATHS[1], found[PATHS[1]]) + "   baseline")
+        print(_versus(found[PATHS[0]], found[PATHS[1]]))
+        if found[PATHS[0]]:
+            p50 = statistics.median(found[PATHS[0]])
+            print(f"     goal fast path p50 <= {FAST_GOAL_MS:.0f} ms: "
+                  f"{'met' if p50 <= FAST_GOAL_MS else 'NOT met'} ({p50:.0f} ms)")
+        bench.breakdown(before, after)
+
+        print(f"  3. sustained: {SUSTAINED_CLIENTS} concurrent clients, {SUSTAINED_SESSIONS} "
+              f"sessions per path, each created and ended; pool of {SUSTAINED_POOL}", flush=True)
+        bench.set_pool(SUSTAINED_POOL)
+        before = bench.snapshot()
+        sustained_found = bench.sustain(SUSTAINED_CLIENTS, SUSTAINED_SESSIONS, SUSTAINED_POOL)
+        after = bench.snapshot()
+        rates = {}
+        for path in PATHS:
+            samples, wall = sustained_found[path]
+            rates[path] = len(samples) / wall
+            print(_line(path, samples) + f"   {rates[path]:5.1f} claims/s over {wall:.1f}s"
+                  + ("   baseline" if path == PATHS[1] else ""))
+        print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / rates[PATHS[1]]:.2f}x the claims/s")
+        bench.breakdown(before, after)
+
+        print(f"  4. a pool of {REFILL_POOL} refilled from empty (the pool's own throughput)",
+              flush=True)
+        before = bench.snapshot()
+        refill = bench.refill_from_empty(REFILL_POOL)
+        after = bench.snapshot()
+        print(f"     {refill:.1f}s, {REFILL_POOL / refill:.1f} sandboxes/s")
+        bench.breakdown(before, after)
+
+
+if __name__ == "__main__":
+    run()
