@@ -11,12 +11,14 @@ The clients run in a process of their own (the kubelet runs in this one) and tim
 `POST /v1/sessions` until its 201, which is what a user waits for; every session is ended.
 
 Figures (each printed against the baseline measured in the same run):
-1. a warm-pool session claim, one at a time, the paths alternating, on a pool of 50 that
-   refills meanwhile: p50 and p99;
+1. a warm-pool session claim, one at a time, the paths alternating, on a pool of 50 kept at
+   least 40 deep (it refills meanwhile): p50 and p99;
 2. the reference case: bursts of 20 sessions at once on a warm pool of 5 (goal for the fast
-   path: p50 <= 100 ms); the sessions past the warm five wait for cold pods either way;
-3. claims/s sustained by 100 concurrent clients, each creating a session and ending it, on a
-   pool of 50;
+   path: p50 <= 100 ms), where the 15 sessions past the warm five wait for pods to start
+   whichever the path; then the same bursts on a pool of 20, where none does;
+3. claims/s with 100 concurrent sessions: 100 requested at once on a warm pool of 100; then
+   100 clients creating and ending sessions for 30 s on a pool of 50, which drains, so that
+   the sustained rate is that of pods starting;
 4. a pool of 50 refilled from empty (no SandboxClaim counterpart: the pool's own throughput).
 For each, where the time went: the gateway's own claim time and the API server's latency for
 the writes involved (both from their metrics), and CPU seconds by component.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -47,8 +50,10 @@ POD_ARGS = ["--no-kernel"]
 POD_LIMITS = {"cpu": "500m", "memory": "256Mi"}
 SEQUENTIAL = 100  # sessions per path, one at a time
 SEQUENTIAL_POOL = 50
+SEQUENTIAL_DEPTH = 40  # Ready members the fast path's gateway must see before each pair
 BURST, BURST_POOL, BURST_ROUNDS = 20, 5, 3
-SUSTAINED_CLIENTS, SUSTAINED_SESSIONS, SUSTAINED_POOL = 100, 300, 50
+CONCURRENT, CONCURRENT_POOL = 100, 100
+SUSTAINED_CLIENTS, SUSTAINED_SECONDS, SUSTAINED_POOL = 100, 30.0, 50
 REFILL_POOL = 50
 FAST_GOAL_MS = 100.0
 PATHS = ("fast path", "SandboxClaim")
@@ -56,9 +61,10 @@ PATHS = ("fast path", "SandboxClaim")
 
 # -- clients: in a process of their own, so that the kubelet's work does not delay their clocks
 
-def alternate(urls: dict[str, str], template: str, count: int, pause: float) -> dict[str, list]:
-    """`count` sessions per gateway, one at a time, the gateways taking turns."""
-    return asyncio.run(_alternate(urls, template, count, pause))
+def alternate(urls: dict[str, str], template: str, count: int, depth: int) -> dict[str, list]:
+    """`count` sessions per gateway, one at a time, the gateways taking turns; before each
+    turn, until the first gateway sees `depth` Ready members in the pool (a warm pool)."""
+    return asyncio.run(_alternate(urls, template, count, depth))
 
 
 def burst(url: str, template: str, count: int) -> list[dict]:
@@ -66,10 +72,10 @@ def burst(url: str, template: str, count: int) -> list[dict]:
     return asyncio.run(_burst(url, template, count))
 
 
-def sustained(url: str, template: str, clients: int, total: int) -> tuple[list[dict], float]:
-    """`clients` concurrent clients that each create a session and end it, `total` in all;
-    the results and the wall time."""
-    return asyncio.run(_sustained(url, template, clients, total))
+def sustained(url: str, template: str, clients: int, seconds: float) -> list[dict]:
+    """`clients` concurrent clients that each create a session and end it, again and again,
+    for `seconds`: the sessions created within that time."""
+    return asyncio.run(_sustained(url, template, clients, seconds))
 
 
 def _http():
@@ -96,16 +102,33 @@ async def _end(http, url: str, results: list[dict]) -> None:
     await asyncio.gather(*(one(r) for r in results))
 
 
-async def _alternate(urls: dict[str, str], template: str, count: int, pause: float) -> dict:
+async def _alternate(urls: dict[str, str], template: str, count: int, depth: int) -> dict:
     found: dict[str, list] = {name: [] for name in urls}
+    first = next(iter(urls.values()))
     async with _http() as http:
         for _ in range(count):
+            await _until_ready(http, first, template, depth)
             for name, url in urls.items():
                 result = await _create(http, url, template)
                 found[name].append(result)
                 await _end(http, url, [result])
-            await asyncio.sleep(pause)
     return found
+
+
+async def _until_ready(http, url: str, template: str, depth: int) -> None:
+    for _ in range(6000):  # 5 minutes
+        if await _pool_ready(http, url, template) >= depth:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the pool of {template} never had {depth} Ready members again")
+
+
+async def _pool_ready(http, url: str, template: str) -> int:
+    """Ready members of the template's pool as the gateway sees them (its metrics)."""
+    async with http.get(url + "/metrics") as response:
+        text = await response.text()
+    found = re.search(rf'^kernelcube_pool_ready{{template="{template}"}} ([0-9.e+]+)$', text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 async def _burst(url: str, template: str, count: int) -> list[dict]:
@@ -115,19 +138,19 @@ async def _burst(url: str, template: str, count: int) -> list[dict]:
     return results
 
 
-async def _sustained(url: str, template: str, clients: int, total: int) -> tuple[list, float]:
+async def _sustained(url: str, template: str, clients: int, seconds: float) -> list[dict]:
     results: list[dict] = []
-    tickets = iter(range(total))
     async with _http() as http:
+        deadline = time.perf_counter() + seconds
+
         async def client() -> None:
-            for _ in tickets:
+            while time.perf_counter() < deadline:
                 result = await _create(http, url, template)
-                results.append(result)
+                if time.perf_counter() <= deadline:
+                    results.append(result)
                 await _end(http, url, [result])
-        started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - started
-    return results, wall
+    return results
 
 
 # -- the cluster side ------------------------------------------------------------------------
@@ -310,10 +333,11 @@ class Bench:
 
     def one_at_a_time(self) -> dict[str, list[float]]:
         urls = {path: self.url(path) for path in PATHS}
-        found = self.clients.submit(alternate, urls, TEMPLATE, SEQUENTIAL, 0.05).result()
+        found = self.clients.submit(alternate, urls, TEMPLATE, SEQUENTIAL, SEQUENTIAL_DEPTH).result()
         return {path: _latencies(path, results) for path, results in found.items()}
 
     def bursts(self, count: int, pool: int, rounds: int) -> dict[str, list[float]]:
+        """`rounds` bursts of `count` sessions per path, each from a settled pool of `pool`."""
         found: dict[str, list[float]] = {path: [] for path in PATHS}
         for _ in range(rounds):
             for path in PATHS:
@@ -322,13 +346,13 @@ class Bench:
                 found[path] += _latencies(path, results)
         return found
 
-    def sustain(self, clients: int, total: int, pool: int) -> dict[str, tuple[list[float], float]]:
+    def sustain(self, clients: int, seconds: float, pool: int) -> dict[str, list[float]]:
         found = {}
         for path in PATHS:
             self.settle(pool)
-            results, wall = self.clients.submit(sustained, self.url(path), TEMPLATE, clients,
-                                                total).result()
-            found[path] = (_latencies(path, results), wall)
+            results = self.clients.submit(sustained, self.url(path), TEMPLATE, clients,
+                                          seconds).result()
+            found[path] = _latencies(path, results)
         return found
 
 
@@ -356,6 +380,13 @@ def _versus(fast: list[float], claim: list[float]) -> str:
             f"({1 / p50:.1f}x faster at p50)")
 
 
+def _pair(found: dict[str, list[float]], suffix: dict[str, str] | None = None) -> None:
+    for path in PATHS:
+        print(_line(path, found[path]) + (suffix or {}).get(path, "")
+              + ("   baseline" if path == PATHS[1] else ""))
+    print(_versus(found[PATHS[0]], found[PATHS[1]]))
+
+
 def run() -> None:
     from tests.e2e.build_control_plane import ensure_built
     from tests.e2e.cluster import RealCluster
@@ -378,13 +409,12 @@ def run() -> None:
               f"created to {SEQUENTIAL_POOL} Ready)")
 
         print(f"  1. warm-pool session claim, one at a time ({SEQUENTIAL} per path, alternating; "
-              f"pool of {SEQUENTIAL_POOL})", flush=True)
+              f"pool of {SEQUENTIAL_POOL}, at least {SEQUENTIAL_DEPTH} Ready at each turn)",
+              flush=True)
         before = bench.snapshot()
         found = bench.one_at_a_time()
         after = bench.snapshot()
-        print(_line(PATHS[0], found[PATHS[0]]))
-        print(_line(PATHS[1], found[PATHS[1]]) + "   baseline")
-        print(_versus(found[PATHS[0]], found[PATHS[1]]))
+        _pair(found)
         bench.breakdown(before, after)
 
         print(f"  2. reference case: {BURST_ROUNDS} bursts of {BURST} sessions at once on a warm "
@@ -393,28 +423,43 @@ def run() -> None:
         before = bench.snapshot()
         found = bench.bursts(BURST, BURST_POOL, BURST_ROUNDS)
         after = bench.snapshot()
-        print(_line(PATHS[0], found[PATHS[0]]))
-        print(_line(PATHS[1], found[PATHS[1]]) + "   baseline")
-        print(_versus(found[PATHS[0]], found[PATHS[1]]))
+        _pair(found)
         if found[PATHS[0]]:
             p50 = statistics.median(found[PATHS[0]])
             print(f"     goal fast path p50 <= {FAST_GOAL_MS:.0f} ms: "
-                  f"{'met' if p50 <= FAST_GOAL_MS else 'NOT met'} ({p50:.0f} ms)")
+                  f"{'met' if p50 <= FAST_GOAL_MS else 'NOT met'} ({p50:.0f} ms); the "
+                  f"{BURST - BURST_POOL} sessions of each burst past the warm {BURST_POOL} wait "
+                  "for pods to start, whichever the path")
+        bench.breakdown(before, after)
+        print(f"     the same bursts on a warm pool of {BURST} (no pod to start):", flush=True)
+        bench.set_pool(BURST)
+        before = bench.snapshot()
+        found = bench.bursts(BURST, BURST, BURST_ROUNDS)
+        after = bench.snapshot()
+        _pair(found)
         bench.breakdown(before, after)
 
-        print(f"  3. sustained: {SUSTAINED_CLIENTS} concurrent clients, {SUSTAINED_SESSIONS} "
-              f"sessions per path, each created and ended; pool of {SUSTAINED_POOL}", flush=True)
+        print(f"  3. {CONCURRENT} concurrent sessions, all requested at once on a warm pool of "
+              f"{CONCURRENT_POOL}", flush=True)
+        bench.set_pool(CONCURRENT_POOL)
+        before = bench.snapshot()
+        found = bench.bursts(CONCURRENT, CONCURRENT_POOL, 1)
+        after = bench.snapshot()
+        rates = {path: len(found[path]) / (max(found[path]) / 1000) for path in PATHS if found[path]}
+        _pair(found, {path: f"   {rates[path]:5.1f} claims/s" for path in rates})
+        if len(rates) == 2:
+            print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / rates[PATHS[1]]:.2f}x the claims/s")
+        bench.breakdown(before, after)
+        print(f"     sustained: {SUSTAINED_CLIENTS} concurrent clients creating and ending sessions "
+              f"for {SUSTAINED_SECONDS:.0f}s on a pool of {SUSTAINED_POOL}", flush=True)
         bench.set_pool(SUSTAINED_POOL)
         before = bench.snapshot()
-        sustained_found = bench.sustain(SUSTAINED_CLIENTS, SUSTAINED_SESSIONS, SUSTAINED_POOL)
+        found = bench.sustain(SUSTAINED_CLIENTS, SUSTAINED_SECONDS, SUSTAINED_POOL)
         after = bench.snapshot()
-        rates = {}
-        for path in PATHS:
-            samples, wall = sustained_found[path]
-            rates[path] = len(samples) / wall
-            print(_line(path, samples) + f"   {rates[path]:5.1f} claims/s over {wall:.1f}s"
-                  + ("   baseline" if path == PATHS[1] else ""))
-        print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / rates[PATHS[1]]:.2f}x the claims/s")
+        rates = {path: len(found[path]) / SUSTAINED_SECONDS for path in PATHS}
+        _pair(found, {path: f"   {rates[path]:5.1f} claims/s" for path in rates})
+        print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / max(rates[PATHS[1]], 1e-9):.2f}x "
+              "the claims/s (once the pool is drained, both are bound by how fast pods start)")
         bench.breakdown(before, after)
 
         print(f"  4. a pool of {REFILL_POOL} refilled from empty (the pool's own throughput)",
