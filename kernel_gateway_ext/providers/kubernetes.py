@@ -8,7 +8,9 @@ AgentCube `name` is the CR's name), kept current by watches. A new session:
    session takes one with a single conditional merge patch (the resourceVersion the cache saw is
    a precondition), which takes it out of its pool the way the controller's claim adoption does,
    so the pool refills. A 409 means someone else took it: try the next one. Within a gateway,
-   a member being patched is reserved so two sessions never race for it.
+   a member being patched is reserved so two sessions never race for it. Ready members that
+   sessions' SandboxClaims already wait for are left to them (first come, first served, when a
+   drained pool refills under more requests than it holds).
    With `warm_adoption` off, there is no fast path: every session takes the fallback.
 2. **Fallback.** With no Ready member, a SandboxClaim on the pool (the controller binds it to
    the next warm member, or starts a cold one), or, for a CR without a pool, a cold Sandbox of
@@ -314,7 +316,9 @@ class KubernetesProvider(SandboxProvider):
         if warm_pool is None:
             return None
         template_name = ((warm_pool.get("spec") or {}).get("sandboxTemplateRef") or {}).get("name", pool_name)
-        names = list(self._ready.get((ns, pool_name), ()))
+        names = [name for name in self._ready.get((ns, pool_name), ()) if (ns, name) not in self._reserved]
+        if len(names) <= k.queued_claims(self.claims.values(), ns, pool_name):
+            return None  # they go to the sessions' claims that were waiting for them first
         random.shuffle(names)  # replicas that share the pool rarely pick the same member
         for name in names:
             member = self.sandboxes.get(ns, name)

@@ -1,5 +1,6 @@
 """The Kubernetes backend's pure decisions, without a server: templates from CRs (Go durations,
-ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), what a
+ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), which
+claims the fast path yields Ready members to, what a
 Sandbox or Pod says about readiness and failure, and the gateway's options for the backend."""
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def test_warm_members_and_the_fast_path_patch():
     assert meta["annotations"][k.IDLE_TIMEOUT] == "15m0s"
     assert meta["annotations"][k.SESSION_STARTED_AT].startswith("20")
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
+
+
+def test_the_fast_path_leaves_ready_members_to_claims_already_waiting():
+    def claim(name: str, pool: str = "py", ns: str = "team", bound: str = "", deleting: bool = False) -> dict:
+        meta = {"name": name, "namespace": ns, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+        return {"metadata": meta, "spec": {"warmPoolRef": {"name": pool}},
+                **({"status": {"sandbox": {"name": bound}}} if bound else {})}
+    claims = [claim("waits"), claim("waits-too"), claim("bound", bound="py-x"), claim("other", pool="r"),
+              claim("elsewhere", ns="other"), claim("gone", deleting=True)]
+    assert k.queued_claims(claims, "team", "py") == 2
+    assert k.queued_claims([], "team", "py") == 0
 
 
 def test_members_of_an_older_spec_are_not_taken():
