@@ -324,11 +324,8 @@ class ClaimReconciler:
     def _maybe_wait(self, claim: dict, pool: dict, contended: bool) -> None:
         """With no Ready member, wait a little for the refilling pool before going cold; when
         the members tried were all taken by rivals, look again as soon as the cache catches up.
-        A claim that more claims already wait ahead of than the refill will bring goes cold at
-        once: waiting would only start its pod `warm_wait` later (a burst larger than the pool).
         """
-        replicas = int(pool["spec"].get("replicas", 1))
-        if replicas <= 0:
+        if int(pool["spec"].get("replicas", 1)) <= 0:
             return
         started = self.first_seen.get(claim["metadata"]["uid"])
         now = asyncio.get_running_loop().time()
@@ -343,29 +340,8 @@ class ClaimReconciler:
         waiting = self.waiters.setdefault(pool_key, deque())
         key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
         if key not in waiting:
-            self._prune(waiting)
-            if len(waiting) >= self._coming(pool, replicas):
-                return
             waiting.append(key)
         raise _Wait(remaining)
-
-    def _prune(self, waiting: deque) -> None:
-        """Drop the claims that no longer wait (bound, or gone) from a pool's queue."""
-        for key in list(waiting):
-            claim = self.ctx.claims.get(*key)
-            if claim is None or (claim.get("status") or {}).get("sandbox") or \
-                    claim["metadata"].get("deletionTimestamp"):
-                waiting.remove(key)
-
-    def _coming(self, pool: dict, replicas: int) -> int:
-        """Members the pool will make Ready for waiting claims: those starting, and those it has
-        yet to create to get back to `replicas`, counting the members other claims are taking
-        as gone already (a lagging cache only makes this larger)."""
-        members = [s for s in self.ctx.sandboxes.by_index("pool", n.name_hash(pool["metadata"]["name"]))
-                   if _in_pool(s) and (controller_of(s) or {}).get("uid") == pool["metadata"]["uid"]
-                   and (s["metadata"]["namespace"], s["metadata"]["name"]) not in self.reserved]
-        starting = sum(1 for s in members if not is_ready(s))
-        return starting + max(0, replicas - len(members))
 
     async def _create_cold(self, claim: dict, template: dict) -> dict:
         meta = claim["metadata"]

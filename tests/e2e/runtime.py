@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ from controller.testing.store import now_rfc3339
 from kernel_gateway_ext.providers import bwrap, cgroups
 from tests.kubernetes.cluster import PicodRuntime
 
+log = logging.getLogger(__name__)
 # A container without a limit: no cap, in practice (the kernel clamps it to its own maximum).
 UNLIMITED_MEMORY = 1 << 50
 # Kubernetes has no per-container process limit (the node's podPidsLimit is unset by default).
@@ -136,8 +138,8 @@ class ProcessRuntime(PicodRuntime):
         prefix: list[str] = []
         if self.cgroups is not None:
             group = _group(uid)
-            await asyncio.to_thread(self.cgroups.discard, group)  # what a previous run left
-            prefix = cgroups.join_argv(await asyncio.to_thread(self.cgroups.create, group, limits))
+            await self._discard(group)  # what a previous run of the container left
+            prefix = cgroups.join_argv(self.cgroups.create(group, limits))
         elif limits.memory != UNLIMITED_MEMORY:
             prefix = bwrap.prlimit_argv({"as": limits.memory})
         spawning = asyncio.ensure_future(asyncio.to_thread(
@@ -170,8 +172,22 @@ class ProcessRuntime(PicodRuntime):
         self._pod_ips.pop(uid, None)
         if container is not None:
             await self._kill(container, grace)
-        if self.cgroups is not None:
-            await asyncio.to_thread(self.cgroups.discard, _group(uid))
+        await self._discard(_group(uid))
+
+    async def _discard(self, group: str, timeout: float = 60.0) -> None:
+        """SIGKILL whatever is left in the container's cgroups and remove them, without
+        blocking the loop or a thread while killed processes take their time to leave (they
+        do, when a hundred pods go at once on two cores)."""
+        if self.cgroups is None:
+            return
+        paths = self.cgroups.paths(group)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while _sweep(paths):
+            if loop.time() > deadline:
+                log.warning("cgroup %s still busy after %.0fs; left behind", group, timeout)
+                return
+            await asyncio.sleep(0.05)
 
     async def _kill(self, container: Container, grace: float) -> None:
         if container.exited.done():
@@ -192,6 +208,24 @@ class ProcessRuntime(PicodRuntime):
 
     def alive(self) -> int:
         return sum(1 for c in self._containers.values() if not c.exited.done())
+
+
+def _sweep(paths: list[str]) -> bool:
+    """One round of killing what is in the cgroups and removing them (cgroupfs calls, which
+    never block); whether any is left."""
+    left = False
+    for path in paths:
+        if not os.path.isdir(path):
+            continue
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as procs:
+            for pid in procs.read().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(path)
+        except OSError:  # EBUSY while a killed process is still leaving
+            left = True
+    return left
 
 
 def _group(pod_uid: str) -> str:
