@@ -137,6 +137,13 @@ def is_ready(sandbox: dict) -> bool:
     return ready is not None and ready.get("status") == "True" and bool(pod_ip(sandbox))
 
 
+def restarts(pod: dict | None) -> int:
+    """How many times the pod's (main) containers were restarted: each restart loses what the
+    container held, a session's kernel and files among it."""
+    return sum(int(c.get("restartCount") or 0)
+               for c in ((pod or {}).get("status") or {}).get("containerStatuses") or ())
+
+
 def pod_ip(sandbox: dict) -> str:
     """The Sandbox's pod IP (IPv4 preferred), or ""."""
     ips = [ip for ip in (sandbox.get("status") or {}).get("podIPs") or () if isinstance(ip, str) and ip]

@@ -439,11 +439,13 @@ class KubernetesProvider(SandboxProvider):
 
     def _sandbox(self, template: k.KubeTemplate, obj: dict, handle: dict) -> Sandbox:
         """`handle`: the object that ends with the session (kind, name, uid), plus the Sandbox's
-        uid and pod IP, by which `is_alive` tells this pod from a replacement."""
+        uid and pod IP, by which `is_alive` tells this pod from a replacement, and its
+        containers' restarts so far, by which `lost_state` tells a restarted container."""
         ip = k.pod_ip(obj)
+        pod = self.pods.get(template.namespace, _pod_name(obj))
         return Sandbox(id=obj["metadata"]["name"], template=template.name, endpoint=k.endpoint(template, ip),
                        handle={"namespace": template.namespace, **handle, "sandbox_uid": obj["metadata"]["uid"],
-                               "pod_ip": ip},
+                               "pod_ip": ip, "restarts": k.restarts(pod)},
                        entry_points=k.entry_points(template, ip))
 
     # -- the SandboxProvider lifecycle -------------------------------------------------------
@@ -493,6 +495,19 @@ class KubernetesProvider(SandboxProvider):
                 handle.get("pod_ip") not in (None, k.pod_ip(obj)):
             return False
         return not k.is_deleting(obj) and not k.failure(obj, self.pods.get(namespace, _pod_name(obj)))
+
+    def lost_state(self, sandbox: Sandbox) -> str:
+        """The pod's container was restarted since the session took it (a crash, an OOM kill, a
+        failed liveness probe): the pod and its IP are the same, its PicoD and kernel are new."""
+        namespace = sandbox.handle.get("namespace") or self.primary
+        obj = self.sandboxes.get(namespace, sandbox.id)
+        if obj is None or "restarts" not in sandbox.handle:  # recorded before restarts were kept
+            return ""
+        now = k.restarts(self.pods.get(namespace, _pod_name(obj)))
+        if now <= sandbox.handle["restarts"]:
+            return ""
+        return (f"the container of its sandbox {sandbox.id} restarted (restartCount {now}), so the session's "
+                "kernel state and files are gone")
 
     async def sweep(self, keep: set[str]) -> int:
         """Orphans are the controller's GC's to clean (leader-only, so never racing a replica

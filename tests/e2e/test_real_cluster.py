@@ -7,11 +7,11 @@ In order (one cluster for the module): least privilege holds (the gateway's toke
 delete CRDs); the chart's CodeInterpreter fills its warm pool; the unmodified agentcube-sdk runs
 code; the project's SDK runs stateful code with rich results; the second replica serves the same
 session (HTTP and the Jupyter kernel WebSocket); a notebook runs through jupyter_server's
-gateway client; the pool refills; a killed PicoD is restarted in its pod (restartCount 1);
-restart policies Never and OnFailure end their pods instead; a pod's resource limits bound its
-sandbox (visible inside, enforced); deleting the session's pod gives that session a clear
-error; killing the leading controller hands the Lease to the standby, which keeps serving; GC
-removes an idle session.
+gateway client; the pool refills; a killed PicoD is restarted in its pod (restartCount 1) and
+the session on it is ended with a clear error; restart policies Never and OnFailure end their
+pods instead; a pod's resource limits bound its sandbox (visible inside, enforced); deleting
+the session's pod gives that session a clear error; killing the leading controller hands the
+Lease to the standby, which keeps serving; GC removes an idle session.
 """
 
 from __future__ import annotations
@@ -188,12 +188,20 @@ def test_the_pool_refills(real_cluster):
     wait_for(lambda: len(warm_ready(real_cluster)) == real_cluster.warm_pool, 60, "refill")
 
 
-def test_a_killed_picod_is_restarted_in_its_pod(real_cluster):
+def test_a_killed_picod_is_restarted_in_its_pod_and_its_session_ended(real_cluster):
     """restartPolicy Always (the pods' default): the kubelet restarts a container that dies, in
-    the same pod and on the same IP, counting it and reporting how it ended."""
+    the same pod and on the same IP, counting it and reporting how it ended. The session on it
+    lost its kernel, so the gateway ends it with a clear error rather than run the next call in
+    a fresh kernel."""
     cluster = real_cluster
-    wait_for(lambda: len(warm_ready(cluster)) == cluster.warm_pool, 60, "a full pool")
-    name = warm_ready(cluster)[0]["metadata"]["name"]
+    gateway = State.gateways[0]
+    created = requests.post(gateway.url + "/v1/sessions", json={"template": "default"},
+                            headers=HEADERS, timeout=60)
+    assert created.status_code == 201, created.text
+    session_id = created.json()["session_id"]
+    assert text(execute(gateway, session_id, "state = 'kept'\nstate")) == "'kept'"
+    name = next(s["metadata"]["name"] for s in sandboxes(cluster)
+                if (s["metadata"].get("labels") or {}).get(SESSION_LABEL) == session_id)
     pod_path = f"/api/v1/namespaces/{NAMESPACE}/pods/{name}"
     pod = cluster.cp.api("GET", pod_path)
     pid = cluster.runtime.pid(pod["metadata"]["uid"])
@@ -213,6 +221,13 @@ def test_a_killed_picod_is_restarted_in_its_pod(real_cluster):
     assert cluster.runtime.pid(pod["metadata"]["uid"]) not in (None, pid)
     wait_for(lambda: is_ready(cluster.cp.api("GET", SANDBOXES.path(NAMESPACE, name))), 30,
              "its Sandbox Ready again")
+    response = execute(State.gateways[1], session_id, "state")
+    print(f"\nafter its PicoD restarted, the session answers {response.status_code} "
+          f"{response.text[:300]}")
+    assert response.status_code == 410, response.text
+    assert response.json()["code"] == "SANDBOX_GONE" and "restarted" in response.json()["error"]
+    wait_for(lambda: cluster.cp.api("GET", SANDBOXES.path(NAMESPACE, name), ok=(404,)).get(
+        "kind") == "Status", 60, "the session's Sandbox deleted")
 
 
 def test_restart_policies_never_and_on_failure_end_the_pod(real_cluster):

@@ -1,7 +1,7 @@
 """The Kubernetes backend's pure decisions, without a server: templates from CRs (Go durations,
 ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), which
-claims the fast path yields Ready members to, what a
-Sandbox or Pod says about readiness and failure, and the gateway's options for the backend."""
+claims the fast path yields Ready members to, container restarts, what a Sandbox or Pod says
+about readiness and failure, and the gateway's options for the backend."""
 
 from __future__ import annotations
 
@@ -69,6 +69,14 @@ def test_warm_members_and_the_fast_path_patch():
     assert meta["annotations"][k.IDLE_TIMEOUT] == "15m0s"
     assert meta["annotations"][k.SESSION_STARTED_AT].startswith("20")
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
+
+
+def test_restarts_count_the_main_containers():
+    pod = {"status": {"initContainerStatuses": [{"name": "init", "restartCount": 3}],
+                      "containerStatuses": [{"name": "picod", "restartCount": 1}, {"name": "side", "restartCount": 2}]}}
+    assert k.restarts(pod) == 3
+    assert k.restarts({"status": {"containerStatuses": [{"name": "picod"}]}}) == 0
+    assert k.restarts(None) == 0
 
 
 def test_the_fast_path_leaves_ready_members_to_claims_already_waiting():
