@@ -1,7 +1,7 @@
 """The Kubernetes backend's pure decisions, without a server: templates from CRs (Go durations,
 ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), which
 claims the fast path yields Ready members to, container restarts, what a Sandbox or Pod says
-about readiness and failure, and the gateway's options for the backend."""
+about readiness and failure, the gateway's options for the backend and its API connections."""
 
 from __future__ import annotations
 
@@ -142,6 +142,26 @@ def test_the_kubernetes_options_name_their_environment_variables(tmp_path):
     bad = run_kernelcube("--backend", "kubernetes", "--namespaces", "Not_A_Namespace", "--port", "0",
                          "--state-dir", str(tmp_path))
     assert bad.returncode != 0 and "KERNELCUBE_NAMESPACES" in bad.stdout + bad.stderr
+
+
+def test_connections_to_the_api_server_outlive_a_quiet_spell():
+    """Idle connections are kept a minute (the API server keeps them 90 s), so a burst of
+    sessions after a quiet spell does not pay a TLS handshake per connection."""
+    import asyncio
+
+    from kernel_gateway_ext.kube import KEEPALIVE_SECONDS, KubeApi, load_configuration
+
+    async def connector_keepalive() -> float | None:
+        api = KubeApi(await load_configuration(api_url="http://127.0.0.1:9"))
+        connector = api._api.rest_client._create_connector()
+        try:
+            return connector._keepalive_timeout
+        finally:
+            await connector.close()
+            await api.close()
+
+    assert asyncio.run(connector_keepalive()) == KEEPALIVE_SECONDS
+    assert 15 < KEEPALIVE_SECONDS < 90
 
 
 def test_the_controllers_gc_reads_what_the_gateway_writes():
