@@ -201,9 +201,12 @@ class ProcessRuntime(PicodRuntime):
         await container.exited
 
     async def stop_all(self) -> None:
-        for uid in list(self._containers):
-            await self.stop({"metadata": {"uid": uid}})
+        """Every container, and every cgroup of ours left (a launch cut short by the end)."""
+        await asyncio.gather(*(self.stop({"metadata": {"uid": uid}}) for uid in list(self._containers)))
         if self.cgroups is not None:
+            groups = {name for parent in self.cgroups.parents.values()
+                      for name in _listdir(parent) if name.startswith("pod-")}
+            await asyncio.gather(*(self._discard(group) for group in groups))
             self.cgroups.close()
 
     def alive(self) -> int:
@@ -226,6 +229,13 @@ def _sweep(paths: list[str]) -> bool:
         except OSError:  # EBUSY while a killed process is still leaving
             left = True
     return left
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _group(pod_uid: str) -> str:
