@@ -1,4 +1,5 @@
-"""Run the benchmarks: `python -m bench [name ...]` (names as in bench/bench_<name>.py)."""
+"""Run the benchmarks: `python -m bench [name ...]` (names as in bench/bench_<name>.py). Without
+names, every benchmark but those marked `ON_DEMAND` (`real_cluster`, behind `make bench-k8s`)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ def main(selected: list[str]) -> int:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; available: {', '.join(names)}", file=sys.stderr)
         return 2
     for name in selected or names:
+        module = importlib.import_module(f"bench.bench_{name}")
+        if not selected and getattr(module, "ON_DEMAND", False):
+            continue  # run only when named (it needs more than `make bench` installs)
         print(f"== {name}", flush=True)
         started = time.monotonic()
-        importlib.import_module(f"bench.bench_{name}").run()
+        module.run()
         print(f"   ({time.monotonic() - started:.1f}s)\n", flush=True)
     return 0
 

@@ -17,12 +17,12 @@ import sys
 
 from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Float, Int, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 
 from picod_kernel.limits import MAX_BODY_BYTES
 
 from .admission import BodyBudget, FairLimiter
-from .envconfig import ConfigError, env_float, env_int, env_json_object, env_str
+from .envconfig import ConfigError, env_bool, env_float, env_int, env_json_object, env_str
 from .handlers import agentcube, capabilities, channels, execute, fallback, health, kernels, openapi
 from .identity import Identity
 from .metrics import Metrics
@@ -51,7 +51,8 @@ ENV_NAMES = {"backend": "KERNELCUBE_BACKEND", "pool_size": "KERNELCUBE_POOL_SIZE
              "relay_timeout": "KERNELCUBE_RELAY_TIMEOUT", "namespaces": "KERNELCUBE_NAMESPACES",
              "kubeconfig": "KERNELCUBE_KUBECONFIG", "kube_context": "KERNELCUBE_KUBE_CONTEXT",
              "in_cluster": "KERNELCUBE_IN_CLUSTER", "kube_api_url": "KERNELCUBE_KUBE_API_URL",
-             "identity_namespace": "KERNELCUBE_IDENTITY_NAMESPACE"}
+             "identity_namespace": "KERNELCUBE_IDENTITY_NAMESPACE",
+             "warm_adoption": "KERNELCUBE_WARM_ADOPTION"}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -168,6 +169,17 @@ class KernelCubeApp(ExtensionApp):
                                                    "shares; created if absent). Default: the first watched "
                                                    "namespace. Env: KERNELCUBE_IDENTITY_NAMESPACE, or "
                                                    "AGENTCUBE_NAMESPACE as upstream.")
+
+    warm_adoption = Bool(config=True, help="Kubernetes backend: a new session takes a Ready warm sandbox "
+                                           "itself, with one conditional patch (the fast path). False: every "
+                                           "session goes through a SandboxClaim that the controller binds, as "
+                                           "AgentCube's workload manager does (slower; for comparison, or a "
+                                           "gateway that may not patch Sandboxes). Default: true. Env: "
+                                           "KERNELCUBE_WARM_ADOPTION.")
+
+    @default("warm_adoption")
+    def _warm_adoption_default(self) -> bool:
+        return env_bool("KERNELCUBE_WARM_ADOPTION", True)
 
     @default("namespaces")
     def _namespaces_default(self) -> str:
@@ -394,7 +406,8 @@ class KernelCubeApp(ExtensionApp):
                              "and AgentRuntimes of the watched namespaces", _setting("templates"))
         settings = KubeSettings(namespaces=self.namespaces.split(","), kubeconfig=self.kubeconfig,
                                 context=self.kube_context, in_cluster=self.in_cluster,
-                                api_url=self.kube_api_url, identity_namespace=self.identity_namespace)
+                                api_url=self.kube_api_url, identity_namespace=self.identity_namespace,
+                                warm_adoption=self.warm_adoption)
         try:
             # Before serving, so that an unreachable cluster stops the launch with its reason.
             self.identity = _run_apart(load_identity(settings))

@@ -31,6 +31,18 @@ def env_int(name: str, fallback: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number (e.g. {name}={fallback})") from None
 
 
+def env_bool(name: str, fallback: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return fallback
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true or false)")
+
+
 def env_float(name: str, fallback: float) -> float:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():

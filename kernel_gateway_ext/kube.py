@@ -18,10 +18,16 @@ from typing import Any
 import aiohttp
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
+from kubernetes.aio.client import rest as krest
 
 MERGE_PATCH = "application/merge-patch+json"
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 _AUTH = ["BearerToken"]
+# How long an idle connection to the API server is kept for the next call. aiohttp's default
+# (15 s) made a burst of sessions after a quiet spell pay one TLS handshake per connection it
+# opened: a sixth of the gateway's CPU in a burst of 100 on 2 cores. The API server closes
+# connections idle for 90 s; closing ours first means never sending on one it is closing.
+KEEPALIVE_SECONDS = 60.0
 
 
 class KubeError(Exception):
@@ -102,6 +108,15 @@ async def load_configuration(*, kubeconfig: str = "", context: str = "", in_clus
     return configuration
 
 
+class _KeptAliveRest(krest.RESTClientObject):
+    """The client's connection pool, with idle connections kept KEEPALIVE_SECONDS."""
+
+    def _create_connector(self) -> aiohttp.TCPConnector:
+        limit_per_host = getattr(self.configuration, "tcp_connector_limit_per_host", None)
+        return aiohttp.TCPConnector(limit=self.maxsize, ssl=self.ssl_context, keepalive_timeout=KEEPALIVE_SECONDS,
+                                    **({"limit_per_host": limit_per_host} if limit_per_host is not None else {}))
+
+
 class KubeApi:
     """Raw-JSON async access to the API server. Every method is a coroutine."""
 
@@ -113,6 +128,7 @@ class KubeApi:
         extra.setdefault("trust_env", any(os.environ.get(v) for v in PROXY_VARIABLES))
         configuration.client_session_kwargs = extra
         self._api = kclient.ApiClient(configuration)
+        self._api.rest_client = _KeptAliveRest(configuration)
         self._watch_api = kclient.ApiClient(configuration)
 
     @classmethod

@@ -163,12 +163,17 @@ class SessionManager:
     @contextlib.asynccontextmanager
     async def use(self, session_id: str) -> AsyncIterator[SessionHandle]:
         """Hold a session for one call. A sandbox that stopped answering and is dead ends the
-        session (SandboxGone); one that is alive but slow is the caller's problem to report."""
+        session (SandboxGone), as does one that answers but lost the session's state (its
+        container restarted); one that is alive but slow is the caller's problem to report."""
         self._in_use[session_id] += 1
         try:
             if not await self.store.touch(session_id):
                 raise UnknownSession(session_id)
             record = await self.get(session_id)
+            lost = self.provider.lost_state(Sandbox.from_dict(record.sandbox))
+            if lost:
+                await self._end(record, "sandbox-restarted")
+                raise SandboxGone(f"session {session_id} was ended: {lost}; start a new session")
             handle = SessionHandle(record, self.client(record),
                                    self.identity.token(record.session_id, record.sandbox_id))
             try:

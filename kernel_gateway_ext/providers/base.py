@@ -39,8 +39,8 @@ class SandboxProvider(abc.ABC):
     """Creates and destroys sandboxes. One instance per gateway.
 
     Pools call `create` (in the background, to refill) and `destroy` (at shutdown, for the
-    unclaimed); the session manager calls `destroy` when a session ends and `is_alive` when a
-    sandbox stops answering; the app calls `sweep` at startup with the ids that sessions still
+    unclaimed); the session manager calls `destroy` when a session ends, `lost_state` before
+    each call on a session and `is_alive` when a sandbox stops answering; the app calls `sweep` at startup with the ids that sessions still
     hold, so that sandboxes left behind by a previous gateway are cleaned, and `close` at exit.
     """
 
@@ -69,6 +69,12 @@ class SandboxProvider(abc.ABC):
     @abc.abstractmethod
     async def is_alive(self, sandbox: Sandbox) -> bool:
         """True while the sandbox's processes run."""
+
+    def lost_state(self, sandbox: Sandbox) -> str:
+        """Why a sandbox that still answers no longer holds its session's state (its container
+        was restarted), or "" when it does. The session manager asks before every call on the
+        session and ends the session if so: this must be cheap (a look in a cache)."""
+        return ""
 
     @abc.abstractmethod
     async def sweep(self, keep: set[str]) -> int:

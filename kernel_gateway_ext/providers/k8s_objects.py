@@ -13,6 +13,7 @@ import ipaddress
 import secrets
 import string
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..store.sandbox_info import go_duration, parse_go_duration, rfc3339
@@ -136,6 +137,13 @@ def is_ready(sandbox: dict) -> bool:
     return ready is not None and ready.get("status") == "True" and bool(pod_ip(sandbox))
 
 
+def restarts(pod: dict | None) -> int:
+    """How many times the pod's (main) containers were restarted: each restart loses what the
+    container held, a session's kernel and files among it."""
+    return sum(int(c.get("restartCount") or 0)
+               for c in ((pod or {}).get("status") or {}).get("containerStatuses") or ())
+
+
 def pod_ip(sandbox: dict) -> str:
     """The Sandbox's pod IP (IPv4 preferred), or ""."""
     ips = [ip for ip in (sandbox.get("status") or {}).get("podIPs") or () if isinstance(ip, str) and ip]
@@ -161,6 +169,17 @@ def is_warm_member(sandbox: dict, pool: str, template: str) -> bool:
         return False
     refs = [r for r in meta.get("ownerReferences") or () if r.get("controller")]
     return bool(refs) and refs[0].get("kind") == "SandboxWarmPool" and refs[0].get("name") == pool
+
+
+def queued_claims(claims: Iterable[dict], namespace: str, pool: str) -> int:
+    """Sessions' SandboxClaims on warm pool `pool` that no Sandbox is bound to yet: they wait for
+    its next Ready members, which the controller hands out oldest first, so the fast path leaves
+    it that many."""
+    return sum(1 for claim in claims
+               if claim["metadata"].get("namespace") == namespace
+               and ((claim.get("spec") or {}).get("warmPoolRef") or {}).get("name") == pool
+               and not (((claim.get("status") or {}).get("sandbox") or {}).get("name")
+                        or claim["metadata"].get("deletionTimestamp")))
 
 
 def built_from(sandbox: dict, template: KubeTemplate) -> bool:

@@ -8,7 +8,10 @@ AgentCube `name` is the CR's name), kept current by watches. A new session:
    session takes one with a single conditional merge patch (the resourceVersion the cache saw is
    a precondition), which takes it out of its pool the way the controller's claim adoption does,
    so the pool refills. A 409 means someone else took it: try the next one. Within a gateway,
-   a member being patched is reserved so two sessions never race for it.
+   a member being patched is reserved so two sessions never race for it. Ready members that
+   sessions' SandboxClaims already wait for are left to them (first come, first served, when a
+   drained pool refills under more requests than it holds).
+   With `warm_adoption` off, there is no fast path: every session takes the fallback.
 2. **Fallback.** With no Ready member, a SandboxClaim on the pool (the controller binds it to
    the next warm member, or starts a cold one), or, for a CR without a pool, a cold Sandbox of
    its own. The session waits for Ready through the same watches (no polling), bounded by the
@@ -68,6 +71,7 @@ class KubeSettings:
     in_cluster: str = "auto"
     api_url: str = ""
     identity_namespace: str = ""
+    warm_adoption: bool = True  # the fast path; False: every session through a SandboxClaim
 
     def connection(self) -> dict:
         return {"kubeconfig": self.kubeconfig, "context": self.context, "in_cluster": self.in_cluster,
@@ -285,7 +289,7 @@ class KubernetesProvider(SandboxProvider):
         template = pool.template
         assert isinstance(template, k.KubeTemplate) and self.api is not None
         expires_at = k.expiry(template)
-        sandbox = await self._adopt_warm(template, session_id, expires_at)
+        sandbox = await self._adopt_warm(template, session_id, expires_at) if self.settings.warm_adoption else None
         if sandbox is not None:
             meta = sandbox["metadata"]
             return self._sandbox(template, sandbox, {"kind": "Sandbox", "name": meta["name"], "uid": meta["uid"]}), "warm"
@@ -312,7 +316,9 @@ class KubernetesProvider(SandboxProvider):
         if warm_pool is None:
             return None
         template_name = ((warm_pool.get("spec") or {}).get("sandboxTemplateRef") or {}).get("name", pool_name)
-        names = list(self._ready.get((ns, pool_name), ()))
+        names = [name for name in self._ready.get((ns, pool_name), ()) if (ns, name) not in self._reserved]
+        if len(names) <= k.queued_claims(self.claims.values(), ns, pool_name):
+            return None  # they go to the sessions' claims that were waiting for them first
         random.shuffle(names)  # replicas that share the pool rarely pick the same member
         for name in names:
             member = self.sandboxes.get(ns, name)
@@ -433,11 +439,13 @@ class KubernetesProvider(SandboxProvider):
 
     def _sandbox(self, template: k.KubeTemplate, obj: dict, handle: dict) -> Sandbox:
         """`handle`: the object that ends with the session (kind, name, uid), plus the Sandbox's
-        uid and pod IP, by which `is_alive` tells this pod from a replacement."""
+        uid and pod IP, by which `is_alive` tells this pod from a replacement, and its
+        containers' restarts so far, by which `lost_state` tells a restarted container."""
         ip = k.pod_ip(obj)
+        pod = self.pods.get(template.namespace, _pod_name(obj))
         return Sandbox(id=obj["metadata"]["name"], template=template.name, endpoint=k.endpoint(template, ip),
                        handle={"namespace": template.namespace, **handle, "sandbox_uid": obj["metadata"]["uid"],
-                               "pod_ip": ip},
+                               "pod_ip": ip, "restarts": k.restarts(pod)},
                        entry_points=k.entry_points(template, ip))
 
     # -- the SandboxProvider lifecycle -------------------------------------------------------
@@ -487,6 +495,19 @@ class KubernetesProvider(SandboxProvider):
                 handle.get("pod_ip") not in (None, k.pod_ip(obj)):
             return False
         return not k.is_deleting(obj) and not k.failure(obj, self.pods.get(namespace, _pod_name(obj)))
+
+    def lost_state(self, sandbox: Sandbox) -> str:
+        """The pod's container was restarted since the session took it (a crash, an OOM kill, a
+        failed liveness probe): the pod and its IP are the same, its PicoD and kernel are new."""
+        namespace = sandbox.handle.get("namespace") or self.primary
+        obj = self.sandboxes.get(namespace, sandbox.id)
+        if obj is None or "restarts" not in sandbox.handle:  # recorded before restarts were kept
+            return ""
+        now = k.restarts(self.pods.get(namespace, _pod_name(obj)))
+        if now <= sandbox.handle["restarts"]:
+            return ""
+        return (f"the container of its sandbox {sandbox.id} restarted (restartCount {now}), so the session's "
+                "kernel state and files are gone")
 
     async def sweep(self, keep: set[str]) -> int:
         """Orphans are the controller's GC's to clean (leader-only, so never racing a replica

@@ -1,5 +1,5 @@
 """The layers under the reconcilers, over real HTTP against the fake API server: the client's
-error mapping and idempotent deletes, the server's optimistic concurrency, selectors and garbage
+error mapping and idempotent deletes and its kept-alive connections, the server's optimistic concurrency, selectors and garbage
 collection, the informer's list+watch (relist on 410, resume after a dropped stream), and the
 work queue's de-duplication and retries."""
 
@@ -37,6 +37,21 @@ async def test_client_maps_errors_and_deletes_idempotently(cluster):
     assert await kube.delete(R.SANDBOXES, h.NS, name) is False
     with pytest.raises(NotFound):
         await kube.get(R.SANDBOXES, h.NS, name)
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_outlive_a_quiet_spell():
+    """Kept a minute (the API server keeps them 90 s): a burst after a quiet spell does not pay
+    a TLS handshake per connection."""
+    from controller.kube import KEEPALIVE_SECONDS, KubeClient, load_configuration
+
+    kube = KubeClient(await load_configuration(host="http://127.0.0.1:9"))
+    connector = kube._api.rest_client._create_connector()
+    try:
+        assert connector._keepalive_timeout == KEEPALIVE_SECONDS and 15 < KEEPALIVE_SECONDS < 90
+    finally:
+        await connector.close()
+        await kube.close()
 
 
 @pytest.mark.asyncio

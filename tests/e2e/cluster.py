@@ -20,7 +20,8 @@ import yaml
 
 from controller.kube import KubeClient, load_configuration
 from tests.e2e.controlplane import ControlPlane, Process
-from tests.e2e.kubelet import ApiPicodRuntime, ProcessKubelet
+from tests.e2e.kubelet import ProcessKubelet
+from tests.e2e.runtime import ProcessRuntime
 from tests.support.gateway import REPO, Gateway
 from tests.support.redis import free_port
 
@@ -131,7 +132,7 @@ class RealCluster:
         self.kube = KubeClient(await load_configuration(kubeconfig=str(self.cp.admin_kubeconfig),
                                                         in_cluster=False))
         (self.dir / "pods").mkdir(exist_ok=True)
-        self.runtime = ApiPicodRuntime(self.kube, str(self.dir / "pods"), ip_prefix="127.78")
+        self.runtime = ProcessRuntime(self.kube, str(self.dir / "pods"), ip_prefix="127.78")
         self.kubelet = ProcessKubelet(self.kube, self.runtime)
         await self.kubelet.__aenter__()
 
@@ -165,12 +166,12 @@ class RealCluster:
         self.controllers.append(process)
         return process
 
-    def start_gateway(self, port: int | None = None, idle_timeout: str = "") -> Gateway:
+    def start_gateway(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Gateway:
         state = self.dir / f"gateway{len(self.gateways)}"
         extra = ["--backend", "kubernetes", "--KernelCubeApp.in_cluster=false",
                  f"--KernelCubeApp.kubeconfig={self.gateway_kubeconfig}",
                  "--namespaces", NAMESPACE, f"--KernelCubeApp.identity_namespace={NAMESPACE}",
-                 "--KernelCubeApp.claim_timeout=60"]
+                 "--KernelCubeApp.claim_timeout=60", *extra_args]
         # This checkout's code, even when the virtualenv's editable install is another's.
         gateway = Gateway(str(state), port or free_port(), redis_url=self.redis_url,
                           extra=tuple(extra), env={"PYTHONPATH": REPO})

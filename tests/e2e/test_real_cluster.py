@@ -7,14 +7,19 @@ In order (one cluster for the module): least privilege holds (the gateway's toke
 delete CRDs); the chart's CodeInterpreter fills its warm pool; the unmodified agentcube-sdk runs
 code; the project's SDK runs stateful code with rich results; the second replica serves the same
 session (HTTP and the Jupyter kernel WebSocket); a notebook runs through jupyter_server's
-gateway client; the pool refills; deleting the session's pod
-gives that session a clear error; killing the leading controller hands the Lease to the standby,
-which keeps serving; GC removes an idle session.
+gateway client; the pool refills; a killed PicoD is restarted in its pod (restartCount 1) and
+the session on it is ended with a clear error; restart policies Never and OnFailure end their
+pods instead; a pod's resource limits bound its sandbox (visible inside, enforced); deleting
+the session's pod gives that session a clear error; killing the leading controller hands the
+Lease to the standby, which keeps serving; GC removes an idle session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 
 import requests
@@ -181,6 +186,130 @@ async def _over_websocket(url: str, session_id: str, code: str) -> str | None:
 
 def test_the_pool_refills(real_cluster):
     wait_for(lambda: len(warm_ready(real_cluster)) == real_cluster.warm_pool, 60, "refill")
+
+
+def test_a_killed_picod_is_restarted_in_its_pod_and_its_session_ended(real_cluster):
+    """restartPolicy Always (the pods' default): the kubelet restarts a container that dies, in
+    the same pod and on the same IP, counting it and reporting how it ended. The session on it
+    lost its kernel, so the gateway ends it with a clear error rather than run the next call in
+    a fresh kernel."""
+    cluster = real_cluster
+    gateway = State.gateways[0]
+    created = requests.post(gateway.url + "/v1/sessions", json={"template": "default"},
+                            headers=HEADERS, timeout=60)
+    assert created.status_code == 201, created.text
+    session_id = created.json()["session_id"]
+    assert text(execute(gateway, session_id, "state = 'kept'\nstate")) == "'kept'"
+    name = next(s["metadata"]["name"] for s in sandboxes(cluster)
+                if (s["metadata"].get("labels") or {}).get(SESSION_LABEL) == session_id)
+    pod_path = f"/api/v1/namespaces/{NAMESPACE}/pods/{name}"
+    pod = cluster.cp.api("GET", pod_path)
+    pid = cluster.runtime.pid(pod["metadata"]["uid"])
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        status = cluster.cp.api("GET", pod_path)["status"]
+        container = status["containerStatuses"][0]
+        return status if container["restartCount"] == 1 and container["ready"] else None
+
+    status = wait_for(restarted, 60, "the container to be restarted")
+    container = status["containerStatuses"][0]
+    assert container["lastState"]["terminated"]["exitCode"] == 137, container
+    assert "running" in container["state"], container
+    assert status["podIP"] == pod["status"]["podIP"]
+    assert cluster.runtime.pid(pod["metadata"]["uid"]) not in (None, pid)
+    wait_for(lambda: is_ready(cluster.cp.api("GET", SANDBOXES.path(NAMESPACE, name))), 30,
+             "its Sandbox Ready again")
+    response = execute(State.gateways[1], session_id, "state")
+    print(f"\nafter its PicoD restarted, the session answers {response.status_code} "
+          f"{response.text[:300]}")
+    assert response.status_code == 410, response.text
+    assert response.json()["code"] == "SANDBOX_GONE" and "restarted" in response.json()["error"]
+    wait_for(lambda: cluster.cp.api("GET", SANDBOXES.path(NAMESPACE, name), ok=(404,)).get(
+        "kind") == "Status", 60, "the session's Sandbox deleted")
+
+
+def test_restart_policies_never_and_on_failure_end_the_pod(real_cluster):
+    """Never: a container that fails ends the pod Failed; OnFailure: one that exits 0 (PicoD
+    stopped by SIGTERM) ends it Succeeded. Neither is restarted."""
+    cluster = real_cluster
+    image = cluster.code_interpreters[0]["spec"]["template"]["image"]
+    key = {"name": "PICOD_AUTH_PUBLIC_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "picod-router-identity", "key": "public.pem"}}}
+
+    def pod(name: str, policy: str, env: list) -> dict:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "picod", "image": image, "args": ["--no-kernel"],
+                                         "env": env}]}}
+
+    # Without the router's public key PicoD refuses to start (exit 2).
+    cluster.cp.apply(pod("never-fails", "Never", []), NAMESPACE)
+    cluster.cp.apply(pod("stops-cleanly", "OnFailure", [key]), NAMESPACE)
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    failed = wait_for(lambda: (lambda p: p if p["status"].get("phase") == "Failed" else None)(
+        cluster.cp.api("GET", f"{path}/never-fails")), 60, "the pod to fail")
+    container = failed["status"]["containerStatuses"][0]
+    assert container["state"]["terminated"]["exitCode"] == 2, container
+    assert container["restartCount"] == 0
+    assert "PICOD_AUTH_PUBLIC_KEY" in container["state"]["terminated"]["message"], container
+    running = wait_for(lambda: (lambda p: p if is_ready(p) else None)(
+        cluster.cp.api("GET", f"{path}/stops-cleanly")), 60, "the OnFailure pod Ready")
+    os.kill(cluster.runtime.pid(running["metadata"]["uid"]), signal.SIGTERM)
+    done = wait_for(lambda: (lambda p: p if p["status"].get("phase") == "Succeeded" else None)(
+        cluster.cp.api("GET", f"{path}/stops-cleanly")), 60, "the pod to succeed")
+    container = done["status"]["containerStatuses"][0]
+    assert container["state"]["terminated"]["exitCode"] == 0, container
+    assert container["restartCount"] == 0
+    for name in ("never-fails", "stops-cleanly"):
+        cluster.cp.api("DELETE", f"{path}/{name}")
+    wait_for(lambda: not [p for p in cluster.cp.api("GET", path)["items"]
+                          if p["metadata"]["name"] in ("never-fails", "stops-cleanly")],
+             60, "the ended pods deleted")
+
+
+def test_a_pods_resource_limits_bound_its_sandbox(real_cluster):
+    """The container's resources.limits bound its PicoD and what it runs: the limits are
+    visible inside the sandbox, and an allocation past the memory limit is killed."""
+    cluster = real_cluster
+    ci = {"apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter",
+          "metadata": {"name": "limited", "namespace": NAMESPACE},
+          "spec": {"template": {
+              "image": cluster.code_interpreters[0]["spec"]["template"]["image"],
+              "args": ["--no-kernel"],
+              "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}}}}
+    cluster.cp.apply(ci)
+    gateway = State.gateways[0]
+    created = wait_for(lambda: (lambda r: r if r.status_code == 201 else None)(requests.post(
+        gateway.url + "/v1/sessions", json={"template": "limited"}, headers=HEADERS,
+        timeout=90)), 90, "a session of the limited template")
+    session_id = created.json()["session_id"]
+
+    def bash(code: str) -> dict:
+        response = requests.post(gateway.url + "/v1/execute", headers=HEADERS, timeout=60, json={
+            "code": code, "language": "bash", "session_id": session_id})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    if cluster.runtime.cgroups is not None and cluster.runtime.cgroups.version == 1:
+        seen = bash('for c in memory cpu; do d=$(awk -F: -v c=$c \'$2 ~ "(^|,)"c"(,|$)" '
+                    '{print $3}\' /proc/self/cgroup); cat /sys/fs/cgroup/$c$d/'
+                    '$([ $c = memory ] && echo memory.limit_in_bytes || echo cpu.cfs_quota_us); '
+                    'done')
+        assert seen["stdout"].split() == [str(128 << 20), "50000"], seen
+    elif cluster.runtime.cgroups is not None:
+        seen = bash('cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max')
+        assert seen["stdout"].split() == [str(128 << 20)], seen
+    else:  # the rlimit stand-in
+        seen = bash("ulimit -v")
+        assert seen["stdout"].split() == [str(128 << 10)], seen
+    grown = bash(f"{sys.executable} -c \"b = b'x' * (400 << 20); print('survived')\"")
+    assert grown["exit_code"] != 0 and "survived" not in grown["stdout"], grown
+    print(f"\nlimits inside the sandbox: {seen['stdout'].split()}; a 400 MiB allocation: exit "
+          f"{grown['exit_code']}")
+    assert requests.delete(f"{gateway.url}/v1/sessions/{session_id}", headers=HEADERS,
+                           timeout=30).status_code == 204
 
 
 def test_deleting_the_sessions_pod_gives_a_clear_error(real_cluster):

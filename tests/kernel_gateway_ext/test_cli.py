@@ -42,6 +42,8 @@ BAD_SETTINGS = [
     ({"KERNELCUBE_EXECUTE_TIMEOUT": "0"}, (), "execute_timeout (KERNELCUBE_EXECUTE_TIMEOUT) must be a positive"),
     ({"KERNELCUBE_ISOLATION": "weak"}, (), "KERNELCUBE_ISOLATION='weak' is not one of bwrap, none"),
     ({"KERNELCUBE_REDIS_URL": "http://localhost:6379"}, (), "redis_url (KERNELCUBE_REDIS_URL): unknown session store"),
+    ({"KERNELCUBE_BACKEND": "kubernetes", "KERNELCUBE_WARM_ADOPTION": "maybe"}, (),
+     "KERNELCUBE_WARM_ADOPTION='maybe' is not a boolean"),
     ({}, ("--pool-size", "two"), "'pool_size' trait"),
 ]
 

@@ -23,10 +23,10 @@ def redis_server(tmp_path_factory):
 
 
 def start_gateway(cluster: Cluster, state_dir: str, redis_url: str = "", port: int | None = None,
-                  namespaces: str = "default") -> Gateway:
+                  namespaces: str = "default", extra: tuple[str, ...] = ()) -> Gateway:
     return Gateway(state_dir, port or free_port(), redis_url=redis_url,
                    extra=("--backend", "kubernetes", "--kube-api-url", cluster.url, "--namespaces", namespaces,
-                          "--KernelCubeApp.claim_timeout=30"))
+                          "--KernelCubeApp.claim_timeout=30", *extra))
 
 
 @pytest.fixture
@@ -34,8 +34,10 @@ def gateways(cluster, tmp_path):
     """Start gateways with `gateways(redis_url)`; every one is stopped afterwards."""
     started: list[Gateway] = []
 
-    def start(redis_url: str = "", port: int | None = None, namespaces: str = "default") -> Gateway:
-        started.append(start_gateway(cluster, str(tmp_path / f"state{len(started)}"), redis_url, port, namespaces))
+    def start(redis_url: str = "", port: int | None = None, namespaces: str = "default",
+              extra: tuple[str, ...] = ()) -> Gateway:
+        started.append(start_gateway(cluster, str(tmp_path / f"state{len(started)}"), redis_url, port, namespaces,
+                                     extra))
         return started[-1]
 
     yield start

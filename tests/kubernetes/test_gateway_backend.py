@@ -3,10 +3,10 @@ a fake cluster (real HTTP API server and watches, KernelCube's controller, pods 
 
 Covers: CodeInterpreters as templates and sessions on pods through /v1/execute; the fast-path
 claim (one conditional patch; the pool refills) and its contention across two replicas; the
-fallback through a SandboxClaim and the cold Sandbox of a CR without a pool; scheduling and
-image failures surfacing at once with their cause; two gateways on one Redis serving each
-other's sessions (WebSocket included) and a restart that loses nothing; the unmodified
-agentcube-sdk; the shared identity Secret.
+fallback through a SandboxClaim and the cold Sandbox of a CR without a pool; every session
+through a claim with `warm_adoption` off; scheduling and image failures surfacing at once with
+their cause; two gateways on one Redis serving each other's sessions (WebSocket included) and a
+restart that loses nothing; the unmodified agentcube-sdk; the shared identity Secret.
 """
 
 from __future__ import annotations
@@ -231,6 +231,23 @@ def test_fallback_through_a_claim_and_a_cold_sandbox(cluster, gateways, redis_se
     gone = requests.post(gateway.url + "/v1/execute", json={"code": "echo", "language": "bash", "session_id": warm},
                          headers=HEADERS, timeout=30)
     assert gone.status_code == 410 and gone.json()["code"] == "SANDBOX_GONE", gone.text
+
+
+def test_without_warm_adoption_every_session_goes_through_a_claim(cluster, gateways, redis_server):
+    """`warm_adoption` off (KERNELCUBE_WARM_ADOPTION=false): no fast path, even with Ready warm
+    members; the controller binds the session's SandboxClaim to one of them."""
+    gateway = gateways(redis_server.url, extra=("--KernelCubeApp.warm_adoption=false",))
+    install(cluster, code_interpreter("claimonly", warm_pool_size=2, args=("--no-kernel",)))
+    wait_for(lambda: len(warm_ready(cluster, "claimonly")) == 2, what="a warm pool of 2")
+    created = new_session(gateway, "claimonly")
+    assert created.status_code == 201, created.text
+    info = stored(redis_server.url, created.json()["session_id"])
+    assert info["kind"] == "SandboxClaim"
+    sandbox = cluster.get("sandboxes", info["sandboxId"])
+    assert sandbox["metadata"]["labels"][k.LAUNCH_TYPE] == "warm"  # a warm member, bound by the controller
+    assert execute(gateway, created.json()["session_id"], "echo bound", "bash")["stdout"] == "bound\n"
+    requests.delete(f"{gateway.url}/v1/sessions/{created.json()['session_id']}", headers=HEADERS, timeout=30)
+    cluster.delete("codeinterpreters", "claimonly")
 
 
 def test_a_spec_change_reaches_new_sessions_only(cluster, gateways, redis_server):

@@ -1,6 +1,7 @@
 """The Kubernetes backend's pure decisions, without a server: templates from CRs (Go durations,
-ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), what a
-Sandbox or Pod says about readiness and failure, and the gateway's options for the backend."""
+ports, defaults), what a session writes (the fast-path patch, a claim, a cold Sandbox), which
+claims the fast path yields Ready members to, container restarts, what a Sandbox or Pod says
+about readiness and failure, the gateway's options for the backend and its API connections."""
 
 from __future__ import annotations
 
@@ -70,6 +71,25 @@ def test_warm_members_and_the_fast_path_patch():
     assert patch["spec"]["shutdownPolicy"] == "Delete" and patch["spec"]["shutdownTime"].startswith("2027-01-15T")
 
 
+def test_restarts_count_the_main_containers():
+    pod = {"status": {"initContainerStatuses": [{"name": "init", "restartCount": 3}],
+                      "containerStatuses": [{"name": "picod", "restartCount": 1}, {"name": "side", "restartCount": 2}]}}
+    assert k.restarts(pod) == 3
+    assert k.restarts({"status": {"containerStatuses": [{"name": "picod"}]}}) == 0
+    assert k.restarts(None) == 0
+
+
+def test_the_fast_path_leaves_ready_members_to_claims_already_waiting():
+    def claim(name: str, pool: str = "py", ns: str = "team", bound: str = "", deleting: bool = False) -> dict:
+        meta = {"name": name, "namespace": ns, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+        return {"metadata": meta, "spec": {"warmPoolRef": {"name": pool}},
+                **({"status": {"sandbox": {"name": bound}}} if bound else {})}
+    claims = [claim("waits"), claim("waits-too"), claim("bound", bound="py-x"), claim("other", pool="r"),
+              claim("elsewhere", ns="other"), claim("gone", deleting=True)]
+    assert k.queued_claims(claims, "team", "py") == 2
+    assert k.queued_claims([], "team", "py") == 0
+
+
 def test_members_of_an_older_spec_are_not_taken():
     t = k.template_from(ci(template={"image": "picod:2", "args": ["--no-kernel"]}), "py")
     def built(image: str, args: list | None = None) -> dict:
@@ -117,11 +137,31 @@ def test_failures_name_their_cause():
 def test_the_kubernetes_options_name_their_environment_variables(tmp_path):
     help_all = run_kernelcube("--help-all").stdout
     for env in ("KERNELCUBE_NAMESPACES", "KERNELCUBE_KUBECONFIG", "KERNELCUBE_KUBE_CONTEXT", "KERNELCUBE_IN_CLUSTER",
-                "KERNELCUBE_KUBE_API_URL", "KERNELCUBE_IDENTITY_NAMESPACE"):
+                "KERNELCUBE_KUBE_API_URL", "KERNELCUBE_IDENTITY_NAMESPACE", "KERNELCUBE_WARM_ADOPTION"):
         assert env in help_all
     bad = run_kernelcube("--backend", "kubernetes", "--namespaces", "Not_A_Namespace", "--port", "0",
                          "--state-dir", str(tmp_path))
     assert bad.returncode != 0 and "KERNELCUBE_NAMESPACES" in bad.stdout + bad.stderr
+
+
+def test_connections_to_the_api_server_outlive_a_quiet_spell():
+    """Idle connections are kept a minute (the API server keeps them 90 s), so a burst of
+    sessions after a quiet spell does not pay a TLS handshake per connection."""
+    import asyncio
+
+    from kernel_gateway_ext.kube import KEEPALIVE_SECONDS, KubeApi, load_configuration
+
+    async def connector_keepalive() -> float | None:
+        api = KubeApi(await load_configuration(api_url="http://127.0.0.1:9"))
+        connector = api._api.rest_client._create_connector()
+        try:
+            return connector._keepalive_timeout
+        finally:
+            await connector.close()
+            await api.close()
+
+    assert asyncio.run(connector_keepalive()) == KEEPALIVE_SECONDS
+    assert 15 < KEEPALIVE_SECONDS < 90
 
 
 def test_the_controllers_gc_reads_what_the_gateway_writes():
