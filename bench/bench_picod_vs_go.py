@@ -108,8 +108,9 @@ class Running:
         try:
             self.start_seconds = wait_for_status(self.port, "/health", 200, started, 60)
         except TimeoutError:
+            output = self.output()
             self.stop()
-            raise RuntimeError(f"{daemon.label} did not become healthy:\n{self.output()[-2000:]}") from None
+            raise RuntimeError(f"{daemon.label} did not become healthy:\n{output[-2000:]}") from None
 
     def output(self) -> str:
         self.log.flush()

@@ -47,7 +47,7 @@ class PicodHandler(web.RequestHandler):
         self.set_header("Server", "PicoD")
 
     def prepare(self) -> None:
-        set_nodelay(self)
+        # TCP_NODELAY is set per connection by app.PicodHTTPServer.
         method = self.request.method.lower()
         if getattr(type(self), method, None) is getattr(web.RequestHandler, method, None):
             self.send_error(405)  # answered as gin does, before auth: see write_error

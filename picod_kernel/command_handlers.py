@@ -91,7 +91,7 @@ class ExecuteHandler(PicodHandler):
             except OSError as exc:
                 raise RequestError(500, f"Failed to create working directory: {exc}") from None
         self._task = asyncio.ensure_future(run_command(
-            command, timeout=timeout, cwd=cwd, env=child_environment(env),
+            command, timeout=timeout, cwd=cwd, env=child_environment(env, self.state.command_env),
             max_output=self.state.max_output, run_as=self.state.run_as))
         try:
             result = await self._task
