@@ -143,18 +143,9 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
                  child_environment(None, env))
 
 
-class PicodHTTPServer(httpserver.HTTPServer):
-    """Sets TCP_NODELAY once per connection (Nagle plus delayed ACK adds ~40 ms to small
-    exchanges), rather than once per request in every handler."""
-
-    def handle_stream(self, stream, address) -> None:
-        stream.set_nodelay(True)  # a no-op on a Unix socket
-        super().handle_stream(stream, address)
-
-
 async def serve(args: argparse.Namespace, state: State) -> None:
-    server = PicodHTTPServer(make_app(state), max_body_size=4 * MAX_BODY_BYTES,
-                             idle_connection_timeout=3600, body_timeout=600)
+    server = httpserver.HTTPServer(make_app(state), max_body_size=4 * MAX_BODY_BYTES,
+                                   idle_connection_timeout=3600, body_timeout=600)
     if args.unix_socket:
         sockets = [bind_unix_socket(args.unix_socket, mode=0o600)]
         where = args.unix_socket

@@ -47,7 +47,8 @@ class PicodHandler(web.RequestHandler):
         self.set_header("Server", "PicoD")
 
     def prepare(self) -> None:
-        # TCP_NODELAY is set per connection by app.PicodHTTPServer.
+        # Per request: tornado turns Nagle back on after each response on a kept-alive connection.
+        set_nodelay(self)
         method = self.request.method.lower()
         if getattr(type(self), method, None) is getattr(web.RequestHandler, method, None):
             self.send_error(405)  # answered as gin does, before auth: see write_error
