@@ -3,8 +3,8 @@ client, same token, runs interleaved so that a noisy neighbour hurts both alike.
 
 Measured: `/api/execute ["true"]` p50/p99 (one keep-alive client), requests/s with 50
 concurrent keep-alive clients, start to the first 200 on `/health` (ours with and without its
-kernel), the daemon's idle PSS (with the bare interpreter's floor beside it) and a 30 MiB
-multipart upload. Goals (issue 12): execute p50 <= 1.1x Go, throughput >= 0.8x, idle PSS <=
+kernel), the daemon's idle PSS (beside two floors: the bare interpreter, and the interpreter
+with asyncio and tornado imported) and a 30 MiB multipart upload. Goals (issue 12): execute p50 <= 1.1x Go, throughput >= 0.8x, idle PSS <=
 20 MiB, upload >= 0.8x.
 
 The Go side comes from `bench.gopicod` (`AGENTCUBE_SRC` or `AGENTCUBE_PICOD_BINARY`); without
@@ -47,6 +47,11 @@ LATENCY_BLOCKS, LATENCY_BLOCK = 16, 25
 THROUGHPUT_ROUNDS, THROUGHPUT_SECONDS, CLIENTS = 3, 2.0, 50
 UPLOAD_ROUNDS, UPLOAD_MIB = 5, 30
 EXECUTE = json.dumps({"command": ["true"]}).encode()
+# What a Python daemon cannot go below: the interpreter alone, and with the frameworks PicoD is built on.
+FLOORS = {
+    "floor: python -I, idle": "import time; time.sleep(100)",
+    "floor: + asyncio, tornado.web, idle": "import asyncio, tornado.web, tornado.httpserver, time; time.sleep(100)",
+}
 BOOTSTRAP = "import sys; sys.path.insert(0, {src!r}); from picod_kernel.app import main; sys.exit(main())"
 MIB = 1024 * 1024
 
@@ -231,14 +236,13 @@ def _start_and_memory(go: Daemon | None, sources: list[tuple[str, Path]], public
         contenders += [ours(f"{label} --no-kernel", path, kernel=False), ours(label, path, kernel=True)]
     starts: dict[str, list[float]] = {d.label: [] for d in contenders}
     mem: dict[str, list[dict]] = {d.label: [] for d in contenders}
-    floor: list[dict] = []
-    floor_argv = [sandbox_python(), "-I", "-c", "import time; time.sleep(100)"]
-    for order in _rotations(contenders + [None], START_ROUNDS):
+    floors: dict[str, list[dict]] = {label: [] for label in FLOORS}
+    for order in _rotations(contenders + list(FLOORS), START_ROUNDS):
         for daemon in order:
-            if daemon is None:  # the floor: the same interpreter, doing nothing
-                proc = subprocess.Popen(floor_argv)
+            if isinstance(daemon, str):  # a floor: the same interpreter, idle
+                proc = subprocess.Popen([sandbox_python(), "-I", "-c", FLOORS[daemon]])
                 time.sleep(IDLE_SETTLE)
-                floor.append(memory(proc.pid))
+                floors[daemon].append(memory(proc.pid))
                 proc.kill()
                 proc.wait()
                 continue
@@ -252,13 +256,12 @@ def _start_and_memory(go: Daemon | None, sources: list[tuple[str, Path]], public
     print(f"\n  start to the first 200 on /health (median of {START_ROUNDS})")
     for d in contenders:
         ms = statistics.median(starts[d.label])
-        print(f"    {d.label:<34} {ms:8.0f} ms  (min {min(starts[d.label]):.0f}){_ratio_note(ms, go_start, None, False)}")
+        print(f"    {d.label:<38} {ms:8.0f} ms  (min {min(starts[d.label]):.0f}){_ratio_note(ms, go_start, None, False)}")
     print(f"\n  daemon memory {IDLE_SETTLE:.0f} s after its first 200 (median of {START_ROUNDS}; MiB)")
-    for label, samples in [*((d.label, mem[d.label]) for d in contenders),
-                           ("floor: python -I -c 'time.sleep()'", floor)]:
+    for label, samples in [*((d.label, mem[d.label]) for d in contenders), *floors.items()]:
         pss, rss, uss = (statistics.median(s[k] for s in samples) for k in ("pss", "rss", "uss"))
         goal = "" if label.startswith(("Go", "floor")) else f"  (goal PSS <= 20 MiB: {'met' if pss <= 20 else 'NOT met'})"
-        print(f"    {label:<34} PSS {pss:6.1f}  RSS {rss:6.1f}  USS {uss:6.1f}{goal}")
+        print(f"    {label:<38} PSS {pss:6.1f}  RSS {rss:6.1f}  USS {uss:6.1f}{goal}")
 
 
 def _requests(running: list[Running], token: str) -> None:
@@ -282,7 +285,7 @@ def _requests(running: list[Running], token: str) -> None:
         s = latency[r.daemon.label]
         p50 = statistics.median(s)
         note = _ratio_note(p50, base, None if r is go else 1.1, False) if r is not go else ""
-        print(f"    {r.daemon.label:<34} p50 {p50:6.2f} ms  p99 {percentile(s, 99):6.2f} ms{note}")
+        print(f"    {r.daemon.label:<38} p50 {p50:6.2f} ms  p99 {percentile(s, 99):6.2f} ms{note}")
 
     request = request_bytes("POST", "/api/execute", {"Authorization": f"Bearer {token}",
                                                       "Content-Type": "application/json"}, EXECUTE)
@@ -301,7 +304,7 @@ def _requests(running: list[Running], token: str) -> None:
     for r in running:
         rate = statistics.median(rates[r.daemon.label])
         note = _ratio_note(rate, base, 0.8, True) if r is not go else ""
-        print(f"    {r.daemon.label:<34} {rate:7.0f} requests/s{note}")
+        print(f"    {r.daemon.label:<38} {rate:7.0f} requests/s{note}")
 
     body, content_type = _multipart("bench/upload.bin", os.urandom(UPLOAD_MIB * MIB))
     speeds: dict[str, list[float]] = {r.daemon.label: [] for r in running}
@@ -319,11 +322,11 @@ def _requests(running: list[Running], token: str) -> None:
     for r in running:
         speed = statistics.median(speeds[r.daemon.label][1:])
         note = _ratio_note(speed, base, 0.8, True) if r is not go else ""
-        print(f"    {r.daemon.label:<34} {speed:7.0f} MiB/s{note}")
+        print(f"    {r.daemon.label:<38} {speed:7.0f} MiB/s{note}")
 
     print("\n  daemon memory after all of the above (MiB)")
     for r in running:
         m = memory(r.proc.pid)
-        print(f"    {r.daemon.label:<34} PSS {m['pss']:6.1f}  RSS {m['rss']:6.1f}  USS {m['uss']:6.1f}")
+        print(f"    {r.daemon.label:<38} PSS {m['pss']:6.1f}  RSS {m['rss']:6.1f}  USS {m['uss']:6.1f}")
     for c in clients.values():
         c.close()
