@@ -4,8 +4,8 @@ client, same token, runs interleaved so that a noisy neighbour hurts both alike.
 Measured: `/api/execute ["true"]` p50/p99 (one keep-alive client), requests/s with 50
 concurrent keep-alive clients, start to the first 200 on `/health` (ours with and without its
 kernel), the daemon's idle PSS (beside two floors: the bare interpreter, and the interpreter
-with asyncio and tornado imported) and a 30 MiB multipart upload. Goals (issue 12): execute p50 <= 1.1x Go, throughput >= 0.8x, idle PSS <=
-20 MiB, upload >= 0.8x.
+with asyncio and tornado imported) and a 30 MiB multipart upload. Goals (issue 12): execute
+p50 <= 1.1x Go, throughput >= 0.8x, idle PSS <= 20 MiB, upload >= 0.8x.
 
 The Go side comes from `bench.gopicod` (`AGENTCUBE_SRC` or `AGENTCUBE_PICOD_BINARY`); without
 either it is skipped and only ours is measured. `PICOD_COMPARE_REF=<git ref>` adds ours as of
