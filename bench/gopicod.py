@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
+
+from tests.e2e.build_control_plane import BuildError, find_go
 
 BINARY_ENV = "AGENTCUBE_PICOD_BINARY"
 SOURCE_ENV = "AGENTCUBE_SRC"
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "picod-go"
-# The Go release tarball's install location, used when `go` is not on PATH.
-GO_FALLBACK = Path("/usr/local/go/bin/go")
 
 
 class Unavailable(RuntimeError):
@@ -42,9 +41,11 @@ def go_picod() -> str:
     if not (root / "go.mod").is_file() or not (root / "cmd" / "picod").is_dir():
         raise Unavailable(f"{SOURCE_ENV}={source} has no go.mod and cmd/picod; it must be the "
                           "root of an agentcube checkout")
-    go = shutil.which("go") or (str(GO_FALLBACK) if GO_FALLBACK.is_file() else None)
-    if go is None:
-        raise Unavailable(f"building the Go PicoD needs Go 1.26 or newer (`go` on PATH or {GO_FALLBACK})")
+    try:
+        go = find_go()
+    except BuildError:
+        raise Unavailable(f"{SOURCE_ENV} is set, but building the Go PicoD needs Go 1.26 or newer "
+                          "(`go` on PATH, or where the Go release tarball installs it)") from None
     target = CACHE / _source_hash(root, go) / "picod"
     if target.is_file():
         return str(target)
