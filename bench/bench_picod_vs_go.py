@@ -98,6 +98,13 @@ def memory(pid: int) -> dict[str, float]:
             "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of one process so far (its reaped children not counted)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Running:
     """One started daemon; `start_seconds` is Popen to the first 200 on /health."""
 
@@ -290,21 +297,24 @@ def _requests(running: list[Running], token: str) -> None:
     request = request_bytes("POST", "/api/execute", {"Authorization": f"Bearer {token}",
                                                       "Content-Type": "application/json"}, EXECUTE)
     rates: dict[str, list[float]] = {r.daemon.label: [] for r in running}
+    cpu: dict[str, list[float]] = {r.daemon.label: [] for r in running}
     for r in running:
         closed_loop(r.port, request, CLIENTS, 0.5)  # warm-up
     for order in _rotations(running, THROUGHPUT_ROUNDS):
         for r in order:
+            before = cpu_seconds(r.proc.pid)
             rate, errors = closed_loop(r.port, request, CLIENTS, THROUGHPUT_SECONDS)
             if errors:
                 raise RuntimeError(f"{r.daemon.label}: {errors} answers other than 200 under load")
             rates[r.daemon.label].append(rate)
+            cpu[r.daemon.label].append((cpu_seconds(r.proc.pid) - before) / (rate * THROUGHPUT_SECONDS) * 1000)
     print(f"\n  /api/execute [\"true\"], {CLIENTS} concurrent keep-alive clients (median of {THROUGHPUT_ROUNDS} "
-          f"x {THROUGHPUT_SECONDS:.0f} s)")
+          f"x {THROUGHPUT_SECONDS:.0f} s; the daemon's own CPU per request, its commands' apart)")
     base = statistics.median(rates[go.daemon.label]) if go else None
     for r in running:
         rate = statistics.median(rates[r.daemon.label])
         note = _ratio_note(rate, base, 0.8, True) if r is not go else ""
-        print(f"    {r.daemon.label:<38} {rate:7.0f} requests/s{note}")
+        print(f"    {r.daemon.label:<38} {rate:7.0f} requests/s  CPU {statistics.median(cpu[r.daemon.label]):5.2f} ms{note}")
 
     body, content_type = _multipart("bench/upload.bin", os.urandom(UPLOAD_MIB * MIB))
     speeds: dict[str, list[float]] = {r.daemon.label: [] for r in running}
