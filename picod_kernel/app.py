@@ -30,6 +30,7 @@ from .kernel import KernelBridge
 from .kernel_handlers import EnvHandler, InterruptHandler, RestartHandler, RunHandler
 from .outbox import ChannelLimits
 from .relay import Relays
+from .spawner import Spawner
 
 log = logging.getLogger("picod")
 
@@ -51,6 +52,8 @@ class State:
     # What every command's environment starts from: the daemon's, without its private variables
     # (taken once; nothing in the daemon changes its environment).
     command_env: dict[str, str] = field(default_factory=lambda: child_environment(None))
+    # Threads that start commands while others run (None: every command starts on the loop).
+    spawner: Spawner | None = None
 
 
 def make_app(state: State) -> web.Application:
@@ -140,7 +143,7 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
                                                       max_output=args.max_output, preload_modules=preload,
                                                       preload_code=args.preload_code)
     return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits,
-                 child_environment(None, env))
+                 child_environment(None, env), Spawner())
 
 
 async def serve(args: argparse.Namespace, state: State) -> None:
@@ -167,6 +170,8 @@ async def serve(args: argparse.Namespace, state: State) -> None:
     if kernel_start:
         kernel_start.cancel()
         await state.kernel.shutdown()
+    if state.spawner:
+        state.spawner.stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except asyncio.TimeoutError:

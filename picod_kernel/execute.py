@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from .identity import RunAs, kwargs_for
+from .spawner import Spawner
 
 TIMEOUT_EXIT_CODE = 124
 GRACE_SECONDS = 0.5
@@ -76,23 +77,11 @@ class _Child:
     (a backgrounded grandchild can hold the pipes open forever). The child is reaped whenever
     it exits, whether or not anyone still waits for it."""
 
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], max_output: int,
-                 run_as: RunAs | None):
+    def __init__(self, proc: subprocess.Popen, out_read: int, err_read: int, max_output: int):
         self.loop = asyncio.get_running_loop()
         self.out, self.err = _Capture(max_output), _Capture(max_output)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        try:
-            self.proc = subprocess.Popen(argv, stdin=_devnull(), stdout=out_write, stderr=err_write, cwd=cwd,
-                                         env=env, start_new_session=True, **kwargs_for(run_as))
-        except BaseException:
-            os.close(out_read)
-            os.close(err_read)
-            raise
-        finally:
-            os.close(out_write)
-            os.close(err_write)
-        self.pid = self.proc.pid
+        self.proc = proc
+        self.pid = proc.pid
         self.exited = self.loop.create_future()
         self.closed = self.loop.create_future()
         self._pipes = {out_read: self.out, err_read: self.err}
@@ -187,20 +176,70 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds:.0f}"
 
 
+async def _spawn(argv: list[str], cwd: str, env: dict[str, str], max_output: int, run_as: RunAs | None,
+                 spawner: Spawner | None) -> _Child:
+    """Start argv with its output on two pipes: on the loop, or by the spawner's threads while
+    other commands run. Cancelled while a thread starts it, the child is killed once started."""
+    out_read, out_write = os.pipe()
+    try:
+        err_read, err_write = os.pipe()
+    except OSError:
+        os.close(out_read)
+        os.close(out_write)
+        raise
+    popen_kwargs = {"stdin": _devnull(), "stdout": out_write, "stderr": err_write, "cwd": cwd, "env": env,
+                    "start_new_session": True, **kwargs_for(run_as)}
+    try:
+        if spawner is None or not spawner.should_wait_for():
+            try:
+                proc = subprocess.Popen(argv, **popen_kwargs)  # noqa: ASYNC220 -- on purpose, see spawner.py
+            finally:
+                os.close(out_write)
+                os.close(err_write)
+        else:
+            started = spawner.start(argv, (out_write, err_write), **popen_kwargs)
+            try:
+                proc = await asyncio.shield(started)
+            except asyncio.CancelledError:
+                started.add_done_callback(lambda f: _abandon(f, out_read, err_read))
+                raise
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            os.close(out_read)
+            os.close(err_read)
+        raise
+    return _Child(proc, out_read, err_read, max_output)
+
+
+def _abandon(started: asyncio.Future, out_read: int, err_read: int) -> None:
+    """A child started for a request that went away meanwhile: kill its group, reap it."""
+    if started.cancelled() or started.exception() is not None:
+        os.close(out_read)
+        os.close(err_read)
+        return
+    child = _Child(started.result(), out_read, err_read, 0)
+    child.kill_group()
+    child.close()
+
+
 async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[str, str],
-                      max_output: int, run_as: RunAs | None = None) -> CommandResult:
-    """Run argv and collect its output; cancelling this coroutine kills the process group."""
+                      max_output: int, run_as: RunAs | None = None,
+                      spawner: Spawner | None = None) -> CommandResult:
+    """Run argv and collect its output; cancelling this coroutine kills the process group.
+    With a `spawner`, a command started while others run is started by its threads."""
     start = time.time()
     if timeout <= 0:
         end = time.time()
         return CommandResult("", f"Command timed out after {_format_seconds(timeout)} seconds",
                              TIMEOUT_EXIT_CODE, end - start, start, end)
     try:
-        child = _Child(argv, cwd, env, max_output, run_as)
+        child = await _spawn(argv, cwd, env, max_output, run_as, spawner)
     except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as exc:
         # OSError EAGAIN: most often the sandbox's process limit
         end = time.time()
         return CommandResult("", f"exec: {argv[0]!r}: {exc}", 1, end - start, start, end)
+    if spawner is not None:
+        spawner.active += 1
 
     timed_out = False
     try:
@@ -217,6 +256,8 @@ async def run_command(argv: list[str], *, timeout: float, cwd: str, env: dict[st
         raise
     finally:
         child.close()
+        if spawner is not None:
+            spawner.active -= 1
     end = time.time()
 
     out, err = child.out, child.err
