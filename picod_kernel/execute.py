@@ -7,7 +7,9 @@ never waits on an orphaned grandchild. Output is capped per stream.
 The child is started by `subprocess.Popen` (the same arguments asyncio would pass it), but its
 pipes and its exit are watched on the loop directly: the pipes' read ends with `add_reader`, the
 exit through a pidfd. asyncio's subprocess transport (two pipe transports, a child watcher,
-`wait_for` tasks) cost more of the daemon's time per command than the spawn itself.
+`wait_for` tasks) cost more of the daemon's time per command than the spawn itself. While other
+commands run, a new one is started by a `Spawner` thread, so that the loop does not stop until
+the child has exec'd (see spawner.py).
 """
 
 from __future__ import annotations
@@ -197,7 +199,12 @@ async def _spawn(argv: list[str], cwd: str, env: dict[str, str], max_output: int
                 os.close(out_write)
                 os.close(err_write)
         else:
-            started = spawner.start(argv, (out_write, err_write), **popen_kwargs)
+            try:
+                started = spawner.start(argv, (out_write, err_write), **popen_kwargs)
+            except BaseException:
+                os.close(out_write)
+                os.close(err_write)
+                raise
             try:
                 proc = await asyncio.shield(started)
             except asyncio.CancelledError:
