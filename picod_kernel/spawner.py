@@ -23,7 +23,9 @@ import threading
 
 log = logging.getLogger("picod.spawn")
 
-SPAWN_THREADS = 4
+# Under 50 clients on a busy 2-core machine, 8 threads served about 25% more than 4, and 16 no more
+# than 8; each idle thread costs little (about 15 KiB of PSS).
+SPAWN_THREADS = 8
 
 
 class Spawner:
