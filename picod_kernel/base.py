@@ -47,6 +47,7 @@ class PicodHandler(web.RequestHandler):
         self.set_header("Server", "PicoD")
 
     def prepare(self) -> None:
+        # Per request: tornado turns Nagle back on after each response on a kept-alive connection.
         set_nodelay(self)
         method = self.request.method.lower()
         if getattr(type(self), method, None) is getattr(web.RequestHandler, method, None):

@@ -91,8 +91,8 @@ class ExecuteHandler(PicodHandler):
             except OSError as exc:
                 raise RequestError(500, f"Failed to create working directory: {exc}") from None
         self._task = asyncio.ensure_future(run_command(
-            command, timeout=timeout, cwd=cwd, env=child_environment(env),
-            max_output=self.state.max_output, run_as=self.state.run_as))
+            command, timeout=timeout, cwd=cwd, env=child_environment(env, self.state.command_env),
+            max_output=self.state.max_output, run_as=self.state.run_as, spawner=self.state.spawner))
         try:
             result = await self._task
         except asyncio.CancelledError:

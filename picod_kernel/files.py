@@ -12,11 +12,10 @@ import posixpath
 import stat
 from urllib.parse import unquote
 
-from tornado import httputil
-
 from .base import PicodHandler, RequestError
 from .command_handlers import rfc3339
 from .jail import JailError
+from .multipart import parse_form
 
 DEFAULT_MODE = 0o644
 CHUNK = 256 * 1024
@@ -45,7 +44,7 @@ def file_info(workspace, path: str) -> dict:
             "modified": rfc3339(st.st_mtime)}
 
 
-def write_file(workspace, user_path: str, content: bytes, mode: int) -> dict:
+def write_file(workspace, user_path: str, content: bytes | memoryview, mode: int) -> dict:
     try:
         fd, path = workspace.open_for_write(user_path, mode)
     except JailError as exc:
@@ -92,17 +91,15 @@ class FilesHandler(PicodHandler):
         info = await asyncio.to_thread(write_file, self.state.workspace, user_path, content, mode)
         self.write_json(info)
 
-    def _multipart(self, content_type: str) -> tuple[str, bytes, int]:
-        fields: dict[str, list[bytes]] = {}
-        files: dict[str, list[httputil.HTTPFile]] = {}
-        httputil.parse_body_arguments(content_type, self.body, fields, files)
+    def _multipart(self, content_type: str) -> tuple[str, memoryview, int]:
+        fields, files = parse_form(content_type, self._body)
         path = fields.get("path", [b""])[0].decode("utf-8", "replace")
         if not path:
             raise RequestError(400, "Missing 'path' field")
         if "file" not in files:
             raise RequestError(400, "Failed to get file: http: no such file (send the content as a multipart part named 'file')")
         mode = parse_mode(fields.get("mode", [b""])[0].decode("utf-8", "replace"))
-        return path, files["file"][0].body, mode
+        return path, files["file"][0], mode
 
     def _json(self) -> tuple[str, bytes, int]:
         body = self.json_body()
