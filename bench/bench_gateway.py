@@ -114,7 +114,9 @@ async def throughput(url: str, settle) -> tuple[int, float, list[float]]:
     async with aiohttp.ClientSession(headers=HEADERS) as http_session:
         async def create() -> str:
             async with http_session.post(url + "/v1/sessions", json={"timeout": 120}) as response:
-                return (await response.json())["session_id"]
+                body = await response.json()
+                assert response.status == 201, f"session creation refused: {response.status} {body}"
+                return body["session_id"]
         session_ids = await asyncio.gather(*(create() for _ in range(CONCURRENT)))
         await asyncio.to_thread(settle)
         latencies: list[float] = []
