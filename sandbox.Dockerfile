@@ -32,8 +32,10 @@ WORKDIR /workspace
 ENV HOME=/workspace PYTHONUNBUFFERED=1 MPLCONFIGDIR=/opt/kernelcube/matplotlib IPYTHONDIR=/opt/kernelcube/ipython
 # The port a CodeInterpreter reaches PicoD on (its default ports: [{port: 8080}]).
 EXPOSE 8080
-ENTRYPOINT ["picod"]
 # The kernel imports numpy, pandas and matplotlib (inline) and draws one figure before /health
 # answers 200, so the pod is Ready only once a session would find them loaded: the same
-# preload as the local backend's default template (a test keeps the two equal).
-CMD ["--port=8080", "--workspace=/workspace", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=%matplotlib inline\nexec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n     \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n"]
+# preload as the local backend's default template (a test keeps the two equal). It is in the
+# ENTRYPOINT, not the CMD, because a pod's `args` (a CodeInterpreter's `template.args`, as the
+# chart sets them) replace the CMD whole.
+ENTRYPOINT ["picod", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=%matplotlib inline\nexec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n     \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n"]
+CMD ["--port=8080", "--workspace=/workspace"]

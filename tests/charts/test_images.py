@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.charts.conftest import CHART, ROOT
+from tests.charts.conftest import CHART, ROOT, one
 
 IMAGES = {"Dockerfile": "kernelcube", "sandbox.Dockerfile": "picod"}
 
@@ -142,13 +142,13 @@ def test_run_steps_install_what_the_repository_has(name):
 def test_entrypoint_is_a_console_script_and_cmd_parses(name, script):
     steps = dict(instructions(ROOT / name))
     entrypoint, cmd = exec_form(steps["ENTRYPOINT"]), exec_form(steps["CMD"])
-    assert entrypoint == [script]
+    assert entrypoint[0] == script
     module, _, function = console_scripts()[script].partition(":")
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
     if script == "picod":
         from picod_kernel.app import build_parser
 
-        args = build_parser().parse_args(cmd)
+        args = build_parser().parse_args(entrypoint[1:] + cmd)
         assert args.port == yaml.safe_load((CHART / "values.yaml").read_text())["sandbox"]["port"]
         assert args.workspace == "/workspace"
     else:
@@ -210,9 +210,13 @@ def test_the_parser_catches_what_it_should(tmp_path):
     assert ignored(".venv/bin/python") and not ignored("picod_kernel/app.py")
 
 
-def test_sandbox_image_preloads_what_the_default_template_does():
+def test_sandbox_pods_preload_what_the_default_template_does(render):
+    """As the chart's CodeInterpreter runs the image: its `args` replace the image's CMD whole,
+    so the preload must survive them (it is in the ENTRYPOINT)."""
     from kernel_gateway_ext.templates import DEFAULT_PRELOAD_CODE, DEFAULT_PRELOAD_MODULES
     from picod_kernel.app import build_parser
 
-    args = build_parser().parse_args(exec_form(dict(instructions(ROOT / "sandbox.Dockerfile"))["CMD"]))
+    entrypoint = exec_form(dict(instructions(ROOT / "sandbox.Dockerfile"))["ENTRYPOINT"])
+    code_interpreter = one(render(), "CodeInterpreter")
+    args = build_parser().parse_args(entrypoint[1:] + code_interpreter["spec"]["template"]["args"])
     assert args.preload == [",".join(DEFAULT_PRELOAD_MODULES)] and args.preload_code == DEFAULT_PRELOAD_CODE
