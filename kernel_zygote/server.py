@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", default="")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     channel = socket.socket(fileno=args.channel_fd)
+    before = dict(os.environ)
     launcher, report = _import_everything([m for m in args.preload.split(",") if m])
+    # What the imports themselves put in the environment (ipykernel's debugger does): a kernel
+    # that imported them would have it too.
+    imported_env = {k: v for k, v in os.environ.items() if before.get(k) != v}
     # Objects that exist now are shared by every kernel: keep the collector from writing to
     # them (its bookkeeping would copy their pages into each kernel).
     gc.collect()
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads != 1 or fds:
         return 1
     request = _serve(channel)  # returns only in a forked child
+    request.env.update(imported_env)
     run = _supervise(request, last_capability, launcher)  # returns only in the kernel
     del channel, request, report
     return run()

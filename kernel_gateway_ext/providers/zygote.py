@@ -90,6 +90,7 @@ class Zygote:
         self.state = "starting"  # then "ready", or "failed" (never became ready), or "dead"
         self.reason = ""
         self.settled = asyncio.Event()  # set when the state leaves "starting"
+        self.ended = asyncio.Event()  # set when it can serve no more (failed, dead or closed)
         self._proc: subprocess.Popen | None = None
         self._sock = None
         self._lock = asyncio.Lock()
@@ -135,6 +136,8 @@ class Zygote:
                         self.spec.python, "failed to start" if state == "failed" else "died", reason)
         self.state, self.reason = state, reason
         self.settled.set()
+        if state != "ready":
+            self.ended.set()
 
     async def _watch(self) -> None:
         await _exited(self._proc.pid)
@@ -142,6 +145,9 @@ class Zygote:
             self._settle("dead", await self._exit_reason())
 
     async def _exit_reason(self) -> str:
+        if self._proc is not None:  # its socket closes just before bubblewrap exits
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_exited(self._proc.pid), 2.0)
         code = self._proc.poll() if self._proc else None
         tail = await asyncio.to_thread(_tail, self.log_path)
         return f"exit status {code}" + (f": {tail}" if tail else "")
@@ -180,47 +186,48 @@ class Zygote:
     def close(self) -> None:
         self.state, self.reason = "dead", "closed"
         self.settled.set()
+        self.ended.set()
         self._kill()
 
 
 class Zygotes:
-    """The gateway's zygotes, made on first use, remade after a death or failure (after a
-    back-off that doubles while they keep failing)."""
+    """The gateway's zygotes, each started on first use and kept: remade after a death, and
+    retried after a failed start, after a back-off that doubles while they keep failing."""
 
     def __init__(self, log_dir: str):
         self.log_dir = log_dir
         self._zygotes: dict[ZygoteSpec, Zygote] = {}
-        self._failures: dict[ZygoteSpec, int] = {}
-        self._retry_at: dict[ZygoteSpec, float] = {}
-        self._starts: set[asyncio.Task] = set()
+        self._keepers: dict[ZygoteSpec, asyncio.Task] = {}
 
-    def prepare(self, spec: ZygoteSpec) -> Zygote:
-        """The spec's zygote, started now if there is none (or it died and may be retried)."""
-        zygote = self._zygotes.get(spec)
-        if zygote is not None and zygote.state in ("starting", "ready"):
-            return zygote
-        if zygote is not None:
-            if time.monotonic() < self._retry_at.get(spec, 0.0):
-                return zygote
-            self._failures[spec] = self._failures.get(spec, 0) + 1
+    def prepare(self, spec: ZygoteSpec) -> None:
+        """Start the spec's zygote (importing while the sandbox that wants it starts)."""
+        if spec not in self._keepers:
+            self._zygotes[spec] = self._new(spec)
+            self._keepers[spec] = asyncio.ensure_future(self._keep(spec))
+
+    def _new(self, spec: ZygoteSpec) -> Zygote:
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         name = f"zygote-{hashlib.sha256(repr((spec.python, spec.preload)).encode()).hexdigest()[:12]}.log"
-        zygote = self._zygotes[spec] = Zygote(spec, os.path.join(self.log_dir, name))
-        task = asyncio.ensure_future(self._start(spec, zygote))
-        self._starts.add(task)
-        task.add_done_callback(self._starts.discard)
-        return zygote
+        return Zygote(spec, os.path.join(self.log_dir, name))
 
-    async def _start(self, spec: ZygoteSpec, zygote: Zygote) -> None:
-        await zygote.start()
-        if zygote.state == "ready":
-            self._failures[spec] = 0
-        failures = self._failures.get(spec, 0)
-        self._retry_at[spec] = time.monotonic() + min(RETRY_MAX, RETRY_FIRST * 2 ** failures)
+    async def _keep(self, spec: ZygoteSpec) -> None:
+        failures = 0
+        while True:
+            zygote = self._zygotes[spec]
+            started = time.monotonic()
+            await zygote.start()
+            if zygote.state == "ready":
+                await zygote.ended.wait()
+            # A zygote that served a while and died is remade at once; one that keeps failing,
+            # less and less often.
+            failures = 0 if time.monotonic() - started > RETRY_MAX else failures + 1
+            await asyncio.sleep(0 if failures == 0 else min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1)))
+            self._zygotes[spec] = self._new(spec)
 
     async def ready(self, spec: ZygoteSpec, wait: float) -> Zygote:
         """The spec's zygote once ready, waiting up to `wait` seconds while it starts."""
-        zygote = self.prepare(spec)
+        self.prepare(spec)
+        zygote = self._zygotes[spec]
         if zygote.state == "starting":
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(zygote.settled.wait(), wait)
@@ -229,10 +236,11 @@ class Zygotes:
         return zygote
 
     def close(self) -> None:
-        for task in self._starts:
+        for task in self._keepers.values():
             task.cancel()
         for zygote in self._zygotes.values():
             zygote.close()
+        self._keepers.clear()
         self._zygotes.clear()
 
 
