@@ -36,4 +36,4 @@ ENTRYPOINT ["picod"]
 # The kernel imports numpy, pandas and matplotlib (inline) and draws one figure before /health
 # answers 200, so the pod is Ready only once a session would find them loaded: the same
 # preload as the local backend's default template (a test keeps the two equal).
-CMD ["--port=8080", "--workspace=/workspace", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=%matplotlib inline\nexec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n     \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n"]
+CMD ["--port=8080", "--workspace=/workspace", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=if \"matplotlib.backends.backend_agg\" not in __import__(\"sys\").modules:\n    exec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n         \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n%matplotlib inline\n"]
