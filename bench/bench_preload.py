@@ -8,8 +8,9 @@
   forked from a zygote, its supervisor) plus its share of the zygotes, split by process;
 - refill of 8 warm sandboxes: from a pool emptied by 8 claims until 8 are ready again.
 
-The two gateways run one after the other, preloaded first, then bare (on a shared, busy
-machine, compare figures of one run only).
+The gateways run one after the other: preloaded with kernels forked from a zygote (the
+default), preloaded with every kernel spawned (`--kernel-zygote off`, the baseline), then bare
+(on a shared, busy machine, compare figures of one run only).
 """
 
 from __future__ import annotations
@@ -167,10 +168,10 @@ def local_kernel_first_plots(n: int = 6) -> list[float]:
     return samples
 
 
-def measure(label: str, templates: str = "") -> dict:
+def measure(label: str, templates: str = "", zygote: str = "on") -> dict:
     with tempfile.TemporaryDirectory(prefix="kcb-") as state_dir:
         started = time.monotonic()
-        env = {"KERNELCUBE_TEMPLATES": templates} if templates else {}
+        env = {"KERNELCUBE_KERNEL_ZYGOTE": zygote, **({"KERNELCUBE_TEMPLATES": templates} if templates else {})}
         gateway = start_gateway(state_dir, pool_size=POOL, env=env)
         try:
             client = Client(gateway.url)
@@ -199,5 +200,7 @@ def _print(run: dict, baseline: list[float]) -> None:
 def run() -> None:
     baseline = local_kernel_first_plots()
     report("fresh local ipykernel, same code (baseline)", baseline)
-    for label, templates in (("preload (default)", ""), ("preload: false", BARE)):
-        _print(measure(label, templates), baseline)
+    for label, templates, zygote in (("preload, forked from a zygote (default)", "", "on"),
+                                     ("preload, spawned (--kernel-zygote off)", "", "off"),
+                                     ("preload: false", BARE, "on")):
+        _print(measure(label, templates, zygote), baseline)

@@ -243,7 +243,7 @@ class KernelCubeApp(ExtensionApp):
 
     @default("kernel_zygote")
     def _kernel_zygote_default(self) -> str:
-        return self._env_choice("kernel_zygote", "KERNELCUBE_KERNEL_ZYGOTE", "off")
+        return self._env_choice("kernel_zygote", "KERNELCUBE_KERNEL_ZYGOTE", "on")
 
     @default("state_dir")
     def _state_dir_default(self) -> str:

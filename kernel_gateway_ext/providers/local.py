@@ -95,7 +95,7 @@ class LocalProvider(SandboxProvider):
         if self.zygotes is not None:
             notes.append("warm kernels fork from a zygote per sandbox Python and preload")
         elif self.no_zygote:
-            notes.append(f"WARNING: kernels are spawned, not forked from a zygote ({self.no_zygote})")
+            notes.append(f"kernels are spawned, not forked from a zygote: {self.no_zygote}")
         return notes
 
     # -- creation ----------------------------------------------------------------------------

@@ -111,6 +111,8 @@ async def test_warm_kernels_fork_from_one_zygote_and_share_its_pages(zygote_on, 
     second = await run(jp_fetch, "import pandas, matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()")
     assert [r for r in second["results"] if "image/png" in r] and second["stderr"] == "", second
     assert len(zygotes(gateway)) == 1
+    metrics = (await jp_fetch("metrics")).body.decode()
+    assert 'kernelcube_kernel_starts_total{source="zygote",template="default"}' in metrics
     for session in (first, second):
         rec = await record(gateway, session["session_id"])
         assert rec.sandbox["handle"]["kernel_source"] == "zygote"
@@ -184,6 +186,8 @@ async def test_a_zygote_that_cannot_start_leaves_kernels_spawned(zygote_on, monk
     assert (await record(gateway, result["session_id"])).sandbox["handle"]["kernel_source"] == "spawn"
     failures = [line for line in provider_log if "failed to start" in line]
     assert failures and "exit status 3" in failures[0] and "no imports today" in failures[0], provider_log
+    metrics = (await jp_fetch("metrics")).body.decode()
+    assert 'kernelcube_kernel_starts_total{source="spawn",template="default"}' in metrics
 
 
 async def test_a_dead_zygote_is_replaced_and_the_pool_serves_meanwhile(zygote_on, provider_log, jp_fetch, gateway):
