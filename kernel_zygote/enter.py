@@ -17,6 +17,8 @@ In this order, each step needing what the previous one still had:
 4. the umask and working directory PicoD asked for, now with the user's rights only.
 
 The pid namespace applies to children only, so the kernel is the *next* fork (see server.py).
+The sandboxes have no seccomp filter (bubblewrap is given none); should they get one, this is
+where the same filter must be loaded, after no_new_privs.
 """
 
 from __future__ import annotations

@@ -43,14 +43,17 @@ MAX_MESSAGE = 256 * 1024
 MAX_FDS = 32
 REAP_INTERVAL = 1.0
 PID_TIMEOUT = 30.0
-# What every kernel imports while it starts (its app, shell, magics and debugger), beyond the
-# preload: imported here, their objects are shared instead of built again in each kernel.
-# Only modules whose import has no effect beyond defining things (not matplotlib_inline's
-# backend, which hooks into the shell it finds at import time).
-KERNEL_MACHINERY = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
-                    "IPython.core.debugger", "IPython.core.completerlib", "IPython.core.magics",
-                    "IPython.core.oinspect", "IPython.core.pylabtools", "IPython.extensions.storemagic",
-                    "tornado.platform.asyncio", "sqlite3", "faulthandler", "ipykernel_launcher")
+# The kernel's app: without it the zygote cannot serve (and says so).
+KERNEL_APP = ("ipykernel.kernelapp", "ipykernel_launcher")
+# What every kernel imports while it starts (its shell, magics and debugger), beyond the
+# preload: imported here, their objects are shared instead of built again in each kernel. Only
+# modules whose import has no effect beyond defining things (not matplotlib_inline's backend,
+# which hooks into the shell it finds at import time); each one that is missing (another
+# ipykernel or IPython version) is simply left to the kernel.
+KERNEL_MACHINERY = ("ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger", "IPython.core.debugger",
+                    "IPython.core.completerlib", "IPython.core.magics", "IPython.core.oinspect",
+                    "IPython.core.pylabtools", "IPython.extensions.storemagic", "tornado.platform.asyncio",
+                    "sqlite3", "faulthandler")
 # What drawing a first figure inline imports, when matplotlib is preloaded.
 PLOTTING = ("matplotlib.backends.backend_agg", "PIL.PngImagePlugin", "PIL.JpegImagePlugin",
             "PIL.GifImagePlugin", "PIL.BmpImagePlugin", "PIL.PpmImagePlugin")
@@ -85,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import_everything(preload: list[str]) -> tuple[str, dict[str, str]]:
-    """ipykernel's machinery (a failure there ends the zygote), then the preload, each module
-    on its own: one that fails is reported, and every kernel will try it again (and report
-    it) itself, as without a zygote."""
-    for name in KERNEL_MACHINERY:
+    """ipykernel's app (a failure there ends the zygote) and machinery, then the preload, each
+    module on its own: one that fails is reported, and every kernel will try it again (and
+    report it) itself, as without a zygote."""
+    for name in KERNEL_APP:
         module = importlib.import_module(name)
     launcher = module.__file__
+    for name in KERNEL_MACHINERY:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
     report = {}
     for name in preload:
         try:

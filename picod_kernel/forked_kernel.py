@@ -102,11 +102,18 @@ class ForkedKernel:
         self._status = status_fd
         os.set_blocking(status_fd, False)
         self._buffer = b""
-        # Signals go through a pidfd: never to another process that reused the pid.
-        self._pidfd = os.pidfd_open(pid)
+        # Signals go through a pidfd: never to another process that reused the pid. None when it
+        # has already exited (its status is then on the pipe).
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
 
     def poll(self) -> int | None:
         if self.returncode is not None:
+            return self.returncode
+        if self._status is None:  # closed before its end was known: it was killed with it
+            self.returncode = -signal.SIGKILL
             return self.returncode
         try:
             while chunk := os.read(self._status, 4096):
@@ -130,6 +137,8 @@ class ForkedKernel:
             self._signal(signum)
 
     def _signal(self, signum: int) -> None:
+        if self._pidfd is None:
+            return
         try:
             signal.pidfd_send_signal(self._pidfd, signum)
         except ProcessLookupError:
@@ -144,9 +153,11 @@ class ForkedKernel:
     def close(self) -> None:
         for fd in (self._status, self._pidfd):
             try:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
             except OSError:
                 pass
+        self._status = self._pidfd = None
 
 
 class ZygoteProvisioner(LocalProvisioner):

@@ -102,3 +102,15 @@ def test_a_kernel_whose_supervisor_vanished_is_killed(child):
         time.sleep(0.01)
     assert child.returncode == -signal.SIGKILL
     kernel.close()
+
+
+def test_a_kernel_gone_before_picod_heard_of_it_ends_with_its_status():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    status_read, status_write = os.pipe()
+    kernel = ForkedKernel(gone.pid, status_read)  # no pidfd to be had: nothing to signal
+    os.write(status_write, b'{"exit": 1}\n')
+    os.close(status_write)
+    kernel.kill()
+    assert kernel.poll() == 1
+    kernel.close()
