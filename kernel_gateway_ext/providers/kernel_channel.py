@@ -52,7 +52,6 @@ class KernelChannel:
         self.facts = facts
         self.ours, self.theirs = packets.pair()  # `theirs` goes to PicoD, then is closed here
         self._bwrap_pid: int | None = None
-        self._namespaces: dict[str, int] | None = None
         self._task: asyncio.Task | None = None
 
     def attach(self, bwrap_pid: int) -> None:
@@ -113,6 +112,8 @@ class KernelChannel:
         ours = [status_end]
         report = None
         try:
+            namespaces = _open_namespaces(self._bwrap_pid, self.facts.userns_fd)
+            ours += namespaces.values()
             fds = [("status", status_end)]
             report, report_end = os.pipe2(os.O_CLOEXEC)
             ours.append(report_end)
@@ -122,7 +123,7 @@ class KernelChannel:
             for path in self.facts.cgroup_procs:
                 ours.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
                 fds.append(("cgroup", ours[-1]))
-            fds += [(f"ns:{kind}", fd) for kind, fd in self._sandbox_namespaces().items()]
+            fds += [(f"ns:{kind}", fd) for kind, fd in namespaces.items()]
             params = {"uid": userns.USER_UID, "gid": userns.SANDBOX_GID, "rlimits": self.facts.rlimits,
                       **{key: request[key] for key in ("argv", "env", "cwd", "umask")}}
             await zygote.fork(params, fds)
@@ -134,20 +135,12 @@ class KernelChannel:
         finally:
             packets.close_all(ours + ([report] if report is not None else []))
 
-    def _sandbox_namespaces(self) -> dict[str, int]:
-        """The sandbox's namespaces, from its init (bubblewrap's child, pid 1 in the sandbox),
-        checked to be in the user namespace we made for it; opened once and kept."""
-        if self._namespaces is None:
-            self._namespaces = _open_namespaces(self._bwrap_pid, self.facts.userns_fd)
-        return self._namespaces
-
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
         for sock in (self.ours, self.theirs):
             sock.close()
-        packets.close_all([*(self._namespaces or {}).values(), self.facts.userns_fd])
-        self._namespaces = None
+        packets.close_all([self.facts.userns_fd])
 
 
 def _checked(message: dict) -> dict:
@@ -174,6 +167,9 @@ def _checked(message: dict) -> dict:
 
 
 def _open_namespaces(bwrap_pid: int | None, userns_fd: int) -> dict[str, int]:
+    """The sandbox's namespaces, from its init (bubblewrap's child, pid 1 in the sandbox), which
+    must be in the user namespace we made for the sandbox: a bubblewrap pid reused by another
+    process can never pass for the sandbox."""
     init = _first_child(bwrap_pid) if bwrap_pid else None
     if init is None:
         raise ZygoteUnavailable("the sandbox's init process is not running")

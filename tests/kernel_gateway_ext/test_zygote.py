@@ -16,6 +16,7 @@ import signal
 import pytest
 
 from kernel_gateway_ext.providers import local
+from kernel_gateway_ext.providers.zygote import _unfit, zygote_environment
 
 from .conftest import body, wait_ready
 from .zygote_processes import alive, forked, memory, zygotes
@@ -226,3 +227,17 @@ async def test_no_zygote_or_supervisor_outlives_the_gateway(zygote_on, jp_fetch,
             break
         await asyncio.sleep(0.05)
     assert not [pid for pid in processes if alive(pid)]
+
+
+def test_a_zygote_serves_only_single_threaded_and_holding_no_descriptor():
+    assert _unfit({"preload": {}, "threads": 1, "fds": []}) is None
+    assert "threads" in _unfit({"preload": {}, "threads": 3, "fds": []})
+    assert "descriptors" in _unfit({"preload": {}, "threads": 1, "fds": ["3: /etc/passwd"]})
+    assert _unfit(None) and _unfit({"threads": 1})
+
+
+def test_the_zygote_pins_thread_pools_unless_the_kernels_ask_for_threads():
+    env = zygote_environment({"PATH": "/usr/bin", "MPLBACKEND": "agg"})
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert env["MPLBACKEND"] == "agg" and env["PATH"] == "/usr/bin"
+    assert zygote_environment({"OMP_NUM_THREADS": "4"}) is None
