@@ -127,7 +127,8 @@ def _draw_once() -> None:
     figure.subplots().plot([1, 2])
     FigureCanvasAgg(figure).print_png(io.BytesIO())
     del figure
-    getattr(font_manager, "_get_font", None) and font_manager._get_font.cache_clear()
+    if hasattr(font_manager, "_get_font"):  # its cache holds the font files open
+        font_manager._get_font.cache_clear()
     gc.collect()
 
 

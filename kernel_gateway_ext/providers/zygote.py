@@ -130,6 +130,8 @@ class Zygote:
         self._settle("ready", "")
 
     def _settle(self, state: str, reason: str) -> None:
+        if self.state in ("failed", "dead"):
+            return  # told once (its watcher and a request may both find it gone)
         if state != "ready":
             self._kill()
             log.warning("kernel zygote for %s %s: %s; kernels are spawned instead until it is back",
@@ -176,10 +178,11 @@ class Zygote:
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         if self._proc is not None and self._proc.poll() is None:
+            # bubblewrap; the zygote below it dies with it (--die-with-parent).
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)  # bubblewrap and the zygote below it
+                os.killpg(self._proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(5)
+                self._proc.wait(1)  # a SIGKILLed process is gone at once
         if self._sock is not None:
             self._sock.close()
 
