@@ -170,6 +170,10 @@ def _supervise(request: Request, last_capability: int, launcher: str):
     """In the supervisor: enter the sandbox, fork the kernel, report, wait, report its exit.
     Never returns, except in the kernel (with what runs it)."""
     report = request.fds.pop("report")
+    # Its own output (a traceback, should it ever fail) goes to the sandbox's log, like PicoD's:
+    # nothing of the zygote's stays with a process that enters a sandbox.
+    os.dup2(request.fds["log"], 1)
+    os.dup2(request.fds["log"], 2)
     try:
         enter_sandbox(request, last_capability)
         pid_read, pid_write = os.pipe()

@@ -136,6 +136,14 @@ async def test_a_forked_kernel_and_its_supervisor_hold_no_privilege(zygote_on, j
         host = status(pid)
         assert host["Uid"].split() == [str(USER)] * 4 and host["NoNewPrivs"] == "1"
         assert {host[c] for c in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {NO_CAPABILITIES}
+    # What they hold: the sandbox's log and (the supervisor) the kernel's status pipe and pidfd;
+    # nothing of the zygote or the gateway.
+    log = os.path.join(mine["handle"]["dir"], "sandbox.log")
+    for pid in (kernel, supervisor):
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        files = {target for target in held if target.startswith("/")}
+        assert files <= {log, "/dev/null"}, files
+    assert {t.split(":")[0] for t in held} <= {log, "/dev/null", "pipe", "anon_inode"}, held  # no socket
     # The zygote itself: host root with only what entering namespaces takes.
     for zygote in zygotes(gateway):
         host = status(zygote)
