@@ -37,5 +37,5 @@ EXPOSE 8080
 # preload as the local backend's default template (a test keeps the two equal). It is in the
 # ENTRYPOINT, not the CMD, because a pod's `args` (a CodeInterpreter's `template.args`, as the
 # chart sets them) replace the CMD whole.
-ENTRYPOINT ["picod", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=%matplotlib inline\nexec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n     \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n"]
+ENTRYPOINT ["picod", "--preload=numpy,pandas,matplotlib.pyplot", "--preload-code=if \"matplotlib.backends.backend_agg\" not in __import__(\"sys\").modules:\n    exec(\"from matplotlib.figure import Figure\\nfrom IPython.core.pylabtools import print_figure\\n\"\n         \"figure = Figure()\\nfigure.subplots().plot([1, 2])\\nprint_figure(figure, 'png')\", {})\n%matplotlib inline\n"]
 CMD ["--port=8080", "--workspace=/workspace"]

@@ -141,7 +141,8 @@ async def throughput(url: str, settle) -> tuple[int, float, list[float]]:
 
 
 def sandbox_pss_mib(state_dir: str) -> list[float]:
-    """PSS of each sandbox's processes (bwrap, PicoD, kernel), summed per sandbox."""
+    """PSS of each sandbox's processes (bwrap, PicoD, kernel, its supervisor if forked from a
+    zygote) plus its share of the zygotes, summed per sandbox."""
     from bench.bench_preload import sandbox_memory
 
     return [m["total"] for m in sandbox_memory(state_dir)]

@@ -4,11 +4,13 @@
   until its PNG is back (POST /v1/execute without a session), with the default preload and with
   `preload: false`, against the same code in a fresh local ipykernel that never imported them;
 - idle memory per warm sandbox: PSS (shared pages counted once) from /proc/<pid>/smaps_rollup,
-  summed over every process of the sandbox (bubblewrap, PicoD, the kernel), split by process;
+  summed over every process of the sandbox (bubblewrap, PicoD, the kernel and, for a kernel
+  forked from a zygote, its supervisor) plus its share of the zygotes, split by process;
 - refill of 8 warm sandboxes: from a pool emptied by 8 claims until 8 are ready again.
 
-The two gateways run one after the other, preloaded first, then bare (on a shared, busy
-machine, compare figures of one run only).
+The gateways run one after the other: preloaded with kernels forked from a zygote (the
+default), preloaded with every kernel spawned (`--kernel-zygote off`, the baseline), then bare
+(on a shared, busy machine, compare figures of one run only).
 """
 
 from __future__ import annotations
@@ -65,43 +67,68 @@ def _pss_kib(pid: int) -> int:
         return 0
 
 
-def _role(pid: int) -> str:
+def _read(path: str) -> bytes:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
+        with open(path, "rb") as f:
+            return f.read()
     except OSError:
+        return b""
+
+
+def _namespace(pid: int, kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return ""
+
+
+def _role(pid: int) -> str:
+    argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
+    if not argv[0]:
         return "gone"
     if argv[0].endswith(b"bwrap"):
         return "bwrap"
-    if b"ipykernel_launcher" in argv:
-        return "kernel"
+    if b"ipykernel_launcher" in argv or any(b"kernel_zygote" in a for a in argv):
+        # A kernel forked from a zygote runs in its sandbox's pid namespace; its supervisor
+        # (which waits for it) only creates children there.
+        return "kernel" if _namespace(pid, "pid") == _namespace(pid, "pid_for_children") else "supervisor"
     return "picod" if any(b"picod_kernel" in a for a in argv) else "other"
 
 
 def sandbox_memory(state_dir: str) -> list[dict[str, float]]:
     """Per sandbox of the gateway with this state directory: PSS in MiB by role (bwrap, picod,
-    kernel, other) and in total. A sandbox's processes are those whose environment names it
-    (bubblewrap, PicoD) and all below them (the kernel, whose environment PicoD cleans)."""
+    kernel, supervisor, other) and in total. A sandbox's processes are those whose environment
+    names it (bubblewrap, PicoD), all below them (a spawned kernel, whose environment PicoD
+    cleans), and those in or creating into its pid namespace (a kernel forked from a zygote and
+    its supervisor). The gateway's zygotes are shared by all its sandboxes: their PSS, divided
+    by the number of sandboxes, is each sandbox's "zygote" share."""
     ours = set(os.listdir(sandboxes_root(state_dir)))  # other gateways may run on the machine
     roots: dict[str, set[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-        except OSError:
-            continue
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    zygotes = []
+    for pid in pids:
+        env = dict(item.split(b"=", 1) for item in _read(f"/proc/{pid}/environ").split(b"\0") if b"=" in item)
         sandbox = env.get(b"PICOD_SANDBOX_ID")
         if sandbox and sandbox.decode() in ours:
             roots.setdefault(sandbox.decode(), set()).add(int(pid))
+        parent = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[-1].split()[1:2]
+        if b"kernel_zygote" in _read(f"/proc/{pid}/cmdline") and parent and \
+                state_dir.encode() in _read(f"/proc/{int(parent[0])}/cmdline"):
+            zygotes.append(pid)  # its bubblewrap binds this gateway's caches
+    zygote_share = sum(_pss_kib(pid) for pid in zygotes) / 1024 / max(1, len(roots))
     result = []
-    for pids in roots.values():
-        everything = set(pids)
-        for pid in pids:
+    for sandbox_pids in roots.values():
+        everything = set(sandbox_pids)
+        for pid in sandbox_pids:
             everything.update(_descendants(pid))
+        namespaces = {_namespace(pid, "pid") for pid in everything} - {"", _namespace(os.getpid(), "pid")}
+        everything.update(pid for pid in pids if _namespace(pid, "pid_for_children") in namespaces)
         by_role: dict[str, float] = {}
         for pid in everything:
             role = _role(pid)
             by_role[role] = by_role.get(role, 0.0) + _pss_kib(pid) / 1024
+        if zygotes:
+            by_role["zygote"] = zygote_share
         by_role["total"] = sum(by_role.values())
         result.append(by_role)
     return result
@@ -141,10 +168,10 @@ def local_kernel_first_plots(n: int = 6) -> list[float]:
     return samples
 
 
-def measure(label: str, templates: str = "") -> dict:
+def measure(label: str, templates: str = "", zygote: str = "on") -> dict:
     with tempfile.TemporaryDirectory(prefix="kcb-") as state_dir:
         started = time.monotonic()
-        env = {"KERNELCUBE_TEMPLATES": templates} if templates else {}
+        env = {"KERNELCUBE_KERNEL_ZYGOTE": zygote, **({"KERNELCUBE_TEMPLATES": templates} if templates else {})}
         gateway = start_gateway(state_dir, pool_size=POOL, env=env)
         try:
             client = Client(gateway.url)
@@ -173,5 +200,7 @@ def _print(run: dict, baseline: list[float]) -> None:
 def run() -> None:
     baseline = local_kernel_first_plots()
     report("fresh local ipykernel, same code (baseline)", baseline)
-    for label, templates in (("preload (default)", ""), ("preload: false", BARE)):
-        _print(measure(label, templates), baseline)
+    for label, templates, zygote in (("preload, forked from a zygote (default)", "", "on"),
+                                     ("preload, spawned (--kernel-zygote off)", "", "off"),
+                                     ("preload: false", BARE, "on")):
+        _print(measure(label, templates, zygote), baseline)

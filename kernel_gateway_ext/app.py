@@ -52,7 +52,7 @@ ENV_NAMES = {"backend": "KERNELCUBE_BACKEND", "pool_size": "KERNELCUBE_POOL_SIZE
              "kubeconfig": "KERNELCUBE_KUBECONFIG", "kube_context": "KERNELCUBE_KUBE_CONTEXT",
              "in_cluster": "KERNELCUBE_IN_CLUSTER", "kube_api_url": "KERNELCUBE_KUBE_API_URL",
              "identity_namespace": "KERNELCUBE_IDENTITY_NAMESPACE",
-             "warm_adoption": "KERNELCUBE_WARM_ADOPTION"}
+             "warm_adoption": "KERNELCUBE_WARM_ADOPTION", "kernel_zygote": "KERNELCUBE_KERNEL_ZYGOTE"}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -92,6 +92,7 @@ class KernelCubeApp(ExtensionApp):
         "sandbox-python": "KernelCubeApp.sandbox_python",
         "max-sandboxes": "KernelCubeApp.max_sandboxes",
         "sandbox-uid-base": "KernelCubeApp.sandbox_uid_base",
+        "kernel-zygote": "KernelCubeApp.kernel_zygote",
         "namespaces": "KernelCubeApp.namespaces",
         "kubeconfig": "KernelCubeApp.kubeconfig",
         "kube-context": "KernelCubeApp.kube_context",
@@ -126,6 +127,12 @@ class KernelCubeApp(ExtensionApp):
     sandbox_uid_base = Int(config=True, help="First host uid/gid of the range the sandboxes' ids map to "
                                              "(65536 ids; none of them is host root, and no host account "
                                              "should use them). Env: KERNELCUBE_SANDBOX_UID_BASE.")
+    kernel_zygote = Enum(["on", "off"], config=True,
+                         help="Local sandboxes: 'on' forks each warm kernel from a zygote per sandbox Python "
+                              "and preload (a process that imported ipykernel and the preload once), so kernels "
+                              "share those pages and start quickly; 'off' spawns every kernel. Needs bubblewrap "
+                              "and a gateway running as root; otherwise kernels are spawned. "
+                              "Env: KERNELCUBE_KERNEL_ZYGOTE.")
     max_parallel_starts = Int(2, config=True, help="Sandboxes a pool starts at the same time.")
     claim_timeout = Float(config=True, help="Seconds a new session may wait for a sandbox when its pool "
                                             "is empty. Env: KERNELCUBE_CLAIM_TIMEOUT.")
@@ -245,6 +252,10 @@ class KernelCubeApp(ExtensionApp):
     @default("isolation")
     def _isolation_default(self) -> str:
         return self._env_choice("isolation", "KERNELCUBE_ISOLATION", "bwrap")
+
+    @default("kernel_zygote")
+    def _kernel_zygote_default(self) -> str:
+        return self._env_choice("kernel_zygote", "KERNELCUBE_KERNEL_ZYGOTE", "on")
 
     @default("state_dir")
     def _state_dir_default(self) -> str:
@@ -386,7 +397,7 @@ class KernelCubeApp(ExtensionApp):
         try:
             self.provider = LocalProvider(self.state_dir, self.identity.public_pem, self.isolation, python,
                                           die_with_gateway=not self.store.persistent,
-                                          uid_base=self.sandbox_uid_base)
+                                          uid_base=self.sandbox_uid_base, kernel_zygote=self.kernel_zygote == "on")
         except (UsernsError, OSError) as exc:
             raise ConfigError(f"cannot prepare local sandboxes: {exc}") from None
         for note in self.provider.describe_isolation():

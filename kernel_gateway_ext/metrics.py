@@ -29,6 +29,11 @@ class Metrics:
         self.sandbox_start_failures = Counter("kernelcube_sandbox_start_failures",
                                               "Sandboxes that failed to start", ["template"],
                                               registry=self.registry)
+        self.kernel_starts = Counter("kernelcube_kernel_starts",
+                                     "Warm kernels started, by template and how: 'zygote' (forked from the "
+                                     "zygote of its Python and preload) or 'spawn' (no zygote, or it could not "
+                                     "give one: the gateway's log says why)", ["template", "source"],
+                                     registry=self.registry)
         self.preload_failures = Counter("kernelcube_preload_failures",
                                         "Sandboxes whose preload failed, by template and module ('(code)': "
                                         "its startup code); they serve without it", ["template", "module"],

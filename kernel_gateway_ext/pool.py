@@ -150,6 +150,8 @@ class WarmPool:
             self._wake.set()
         self.failures = 0
         self.metrics.sandbox_start_seconds.labels(self.template.name).observe(time.monotonic() - started)
+        if sandbox.handle.get("kernel_source"):
+            self.metrics.kernel_starts.labels(self.template.name, sandbox.handle["kernel_source"]).inc()
         self._note_preload(sandbox)
         self._deliver(sandbox)
 

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exit-with-fd", type=int, default=None, metavar="FD",
                         help="an inherited pipe's read end: exit when its other end closes (the "
                              "starting process died), taking the kernel and user code along")
+    parser.add_argument("--kernel-channel-fd", type=int, default=None, metavar="FD",
+                        help="an inherited socket to the gateway that forks kernels from its zygote (a process "
+                             "that imported ipykernel and the preload once); without it, or when it gives no "
+                             "kernel, the kernel is spawned")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=f"picod {__version__}")
     return parser
@@ -141,7 +145,8 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
     preload = tuple(m.strip() for item in args.preload for m in item.split(",") if m.strip())
     kernel = None if args.no_kernel else KernelBridge(workspace.root, args.kernel_python, run_as=run_as,
                                                       max_output=args.max_output, preload_modules=preload,
-                                                      preload_code=args.preload_code)
+                                                      preload_code=args.preload_code,
+                                                      kernel_channel=args.kernel_channel_fd)
     return State(workspace, verifier, kernel, args.max_output, time.monotonic(), run_as, channel_limits,
                  child_environment(None, env), Spawner())
 

@@ -45,6 +45,8 @@ class HealthHandler(PicodHandler):
             body["kernel_error"] = kernel.failure
         if kernel and kernel.preload_report is not None:
             body["preload"] = kernel.preload_report
+        if kernel and kernel.state == "ready":
+            body["kernel_source"] = "zygote" if kernel.forked else "spawn"
         ready = kernel is None or kernel.state == "ready"
         if not ready:
             body["status"] = "starting" if kernel.state in ("starting", "restarting") else "unavailable"

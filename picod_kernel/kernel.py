@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,10 @@ for name in MODULES:
 sys.__dict__["__kernelcube_preload__"] = json.dumps(failed)
 """
 _PRELOAD_RESULT = "__import__('sys').__dict__.pop('__kernelcube_preload__', '{}')"
+# After the preload: its garbage collected and the freed memory handed back to the system, so
+# that an idle warm kernel holds only what it keeps (glibc keeps freed heap pages otherwise).
+_RELEASE_MEMORY = ("__import__('gc').collect(), getattr(__import__('ctypes').CDLL(None), 'malloc_trim', "
+                   "lambda pad: 0)(0)")
 
 
 class Dead(str):
@@ -98,8 +103,10 @@ class KernelBridge:
 
     def __init__(self, workspace: str, python: str | None = None, restart_poll: float = 0.5,
                  run_as: RunAs | None = None, max_output: int = DEFAULT_MAX_OUTPUT,
-                 preload_modules: tuple[str, ...] = (), preload_code: str = ""):
+                 preload_modules: tuple[str, ...] = (), preload_code: str = "",
+                 kernel_channel: int | None = None):
         self.workspace = workspace
+        self.kernel_channel = kernel_channel  # the gateway's zygote, when it offers one
         self.preload_modules = tuple(preload_modules)
         self.preload_code = preload_code
         # After each start: {"modules": {name: "ok" or the error}, "code": "ok" or the error, "seconds"}.
@@ -150,7 +157,25 @@ class KernelBridge:
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[os.path.join(self._runtime_dir, "kernels")]),
             connection_file=os.path.join(self._runtime_dir, "connection.json"))
         km.ip = os.path.join(self._runtime_dir, "ipc")
+        if self.kernel_channel is not None:
+            km.provisioner = self._zygote_provisioner(km)
         return km
+
+    def _zygote_provisioner(self, km: AsyncKernelManager):
+        """Kernels forked from the gateway's zygote (and spawned when it cannot give one), the
+        same provisioner for every restart."""
+        from .forked_kernel import KernelChannel, ZygoteProvisioner
+
+        km.kernel_id = str(uuid.uuid4())
+        provisioner = ZygoteProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        provisioner.channel = KernelChannel(self.kernel_channel)
+        provisioner.preloaded = tuple(sorted({name.split(".")[0] for name in self.preload_modules}))
+        return provisioner
+
+    @property
+    def forked(self) -> bool:
+        """Whether the running kernel was forked from the gateway's zygote."""
+        return bool(getattr(self._km.provisioner, "forked", False))
 
     async def start(self) -> None:
         """Start the kernel and wait for kernel_info; failures are recorded, not raised."""
@@ -437,6 +462,7 @@ class KernelBridge:
             if self.preload_code:
                 reply = await self._run_silent(self.preload_code, PRELOAD_TIMEOUT)
                 report["code"] = _reply_outcome(reply)
+            await self._run_silent(_RELEASE_MEMORY)
         except asyncio.TimeoutError:
             await self._km.interrupt_kernel()
             problem = f"the preload took more than {PRELOAD_TIMEOUT:.0f}s and was interrupted"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..templates import Preload, Template
+from ..templates import Limits, Preload, Template
 from . import userns
 
 WORKSPACE = "/workspace"
@@ -67,7 +67,18 @@ def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_pa
     if namespaces is not None and daemon:
         for cap in DAEMON_CAPS:
             argv += ["--cap-add", cap]
-    argv += ["--ro-bind", "/usr", "/usr"]
+    argv += filesystem_argv(limits, python_roots, shared_caches, [(picod_package, f"{PICOD_SOURCE}/picod_kernel")],
+                            [(run_dir, RUN_DIR)])
+    argv += ["--chdir", WORKSPACE, "--setenv", "HOME", WORKSPACE, "--unsetenv", "JPY_PARENT_PID"]
+    return argv
+
+
+def filesystem_argv(limits, python_roots: list[str], shared_caches: list[tuple[str, str]],
+                    code: list[tuple[str, str]], writable: list[tuple[str, str]] = ()) -> list[str]:
+    """A sandbox's file system: the system read-only, in-memory /tmp, /dev/shm and workspace,
+    the shared caches, the Python roots and `code` (host, sandbox) directories read-only, and
+    `writable` (host, sandbox) directories bound read-write."""
+    argv = ["--ro-bind", "/usr", "/usr"]
     for name in ("lib", "lib64", "bin", "sbin"):
         if os.path.islink(f"/{name}"):
             argv += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
@@ -83,17 +94,30 @@ def bwrap_argv(bwrap: str, template: Template, python_roots: list[str], picod_pa
         argv += ["--perms", "1777", "--dir", parent]
     for source, dest in shared_caches:
         argv += ["--ro-bind", source, dest]
-    picod_dest = f"{PICOD_SOURCE}/picod_kernel"
     # Directories above the binds, readable by user code too (bubblewrap would copy the host's
     # modes, and a home directory is 0700).
-    for parent in _ancestors([*python_roots, picod_dest, RUN_DIR]):
+    for parent in _ancestors([*python_roots, *(dest for _, dest in [*code, *writable])]):
         argv += ["--perms", "0755", "--dir", parent]
     for root in python_roots:
         argv += ["--ro-bind", root, root]
-    argv += ["--ro-bind", picod_package, picod_dest,
-             "--bind", run_dir, RUN_DIR,
-             "--chdir", WORKSPACE, "--setenv", "HOME", WORKSPACE, "--unsetenv", "JPY_PARENT_PID"]
+    for source, dest in code:
+        argv += ["--ro-bind", source, dest]
+    for source, dest in writable:
+        argv += ["--bind", source, dest]
     return argv
+
+
+def zygote_argv(bwrap: str, python_roots: list[str], zygote_package: str, zygote_source: str,
+                shared_caches: list[tuple[str, str]]) -> list[str]:
+    """bubblewrap for a kernel zygote (see zygote.py): host root with only the capabilities
+    that entering a sandbox's namespaces takes, in the host's pid namespace (only pid
+    namespaces below one's own can be entered), without network, and with a file system laid
+    out like a sandbox's (its own empty workspace and /tmp), so that whatever a library notes at
+    import time (its configuration and cache directories, sys.path) holds inside the sandboxes."""
+    return [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_CHROOT",
+            *filesystem_argv(Limits(), python_roots, shared_caches, [(zygote_package, zygote_source)]),
+            "--chdir", WORKSPACE, "--setenv", "HOME", WORKSPACE, "--unsetenv", "JPY_PARENT_PID"]
 
 
 def with_lifeline(fd: int | None, argv: list[str]) -> list[str]:
@@ -118,7 +142,7 @@ def _ancestors(paths: list[str]) -> list[str]:
 
 def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: str,
                     run_as: str | None = None, lifeline_fd: int | None = None,
-                    preload: Preload | None = None) -> list[str]:
+                    preload: Preload | None = None, kernel_channel_fd: int | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
     code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
     # -I: the workspace (PicoD's working directory, writable by user code) must never be on
@@ -132,4 +156,6 @@ def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: s
         argv += ["--preload", ",".join(preload.modules)]
     if preload and preload.code:
         argv += ["--preload-code", preload.code]
+    if kernel_channel_fd is not None:
+        argv += ["--kernel-channel-fd", str(kernel_channel_fd)]
     return argv

@@ -28,6 +28,8 @@ from ..picod_client import PicodClient, peer_credentials
 from ..templates import Template
 from . import bwrap, caches, cgroups, userns
 from .base import Sandbox, SandboxProvider, SandboxStartError
+from .kernel_channel import KernelChannel, SandboxFacts
+from .zygote import BOOTSTRAP, SOURCE_DIR, Zygotes, ZygoteSpec, zygote_environment
 
 log = logging.getLogger("kernelcube.local")
 
@@ -40,7 +42,7 @@ class LocalProvider(SandboxProvider):
     name = "local"
 
     def __init__(self, state_dir: str, public_pem: str, isolation: str, python: str,
-                 die_with_gateway: bool = False, uid_base: int = userns.DEFAULT_BASE):
+                 die_with_gateway: bool = False, uid_base: int = userns.DEFAULT_BASE, kernel_zygote: bool = False):
         self.root = sandboxes_root(state_dir)
         self.caches = caches.SharedCaches(os.path.join(os.path.abspath(state_dir), "caches"))
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -59,6 +61,14 @@ class LocalProvider(SandboxProvider):
         if self.no_userns is None and isolation != "none":
             self.userns.setup_fd()  # at start, so that a host that cannot do it fails at once
         self.cgroups = cgroups.detect(f"kernelcube-{hashlib.sha256(self.root.encode()).hexdigest()[:12]}")
+        # Warm kernels forked from a zygote (see zygote.py), where sandboxes have ids of their own.
+        self.zygotes = None
+        if kernel_zygote and self.bwrap and isolation != "none" and self.no_userns is None:
+            self.zygotes = Zygotes(os.path.join(os.path.abspath(state_dir), "zygotes"))
+            self.zygote_package = importlib.util.find_spec("kernel_zygote").submodule_search_locations[0]
+        self.no_zygote = None if self.zygotes or not kernel_zygote else (
+            self.no_userns or "sandboxes are not isolated with bubblewrap")
+        self._channels: dict[str, KernelChannel] = {}  # sandbox id -> its PicoD's way to the zygote
         self._roots: dict[str, list[str]] = {}
         # Plain Popen objects, not asyncio transports: a transport kills its process when it is
         # closed, and claimed sandboxes must outlive this gateway when the store persists.
@@ -82,6 +92,10 @@ class LocalProvider(SandboxProvider):
             notes.append(f"sandbox limits by cgroup v{self.cgroups.version}")
         if self.isolation != "none" and not self.no_userns:
             notes.append(f"sandbox ids map to host ids {self.uid_base}..{self.uid_base + userns.RANGE - 1}")
+        if self.zygotes is not None:
+            notes.append("warm kernels fork from a zygote per sandbox Python and preload")
+        elif self.no_zygote:
+            notes.append(f"kernels are spawned, not forked from a zygote: {self.no_zygote}")
         return notes
 
     # -- creation ----------------------------------------------------------------------------
@@ -105,16 +119,34 @@ class LocalProvider(SandboxProvider):
             self._roots[python] = [r for r in roots if not r.startswith("/usr")]
         return self._roots[python]
 
-    def _isolation_argv(self, template: Template, procs: list[str]) -> list[str]:
-        """The prefix every sandbox process starts under: its cgroups, then its rlimits."""
+    def _rlimits(self, template: Template) -> dict:
         rlimits = dict(template.rlimits)
         if self.cgroups is None:  # per-process stand-ins for the per-sandbox limits
             rlimits.setdefault("as", template.limits.memory)
             rlimits.setdefault("nproc", template.limits.processes)
-        return cgroups.join_argv(procs) + bwrap.prlimit_argv(rlimits)
+        return rlimits
+
+    def _isolation_argv(self, template: Template, procs: list[str]) -> list[str]:
+        """The prefix every sandbox process starts under: its cgroups, then its rlimits."""
+        return cgroups.join_argv(procs) + bwrap.prlimit_argv(self._rlimits(template))
+
+    async def _zygote_spec(self, template: Template, python: str) -> ZygoteSpec | None:
+        """The zygote this template's kernels fork from, or None when they are spawned."""
+        if self.zygotes is None or template.kind != "code-interpreter" or not self.bwrap_used(template):
+            return None
+        kernel_env = {k: v for k, v in self._environment(template, "", python, bwrap.WORKSPACE).items()
+                      if not k.startswith(("PICOD_", "KERNELCUBE_"))}
+        env = zygote_environment({**kernel_env, "HOME": bwrap.WORKSPACE})
+        if env is None:
+            return None
+        argv = bwrap.zygote_argv(self.bwrap, await self._python_roots(python), self.zygote_package,
+                                 f"{SOURCE_DIR}/kernel_zygote", await self.caches.binds(python))
+        argv += [python, "-c", BOOTSTRAP, "--preload", ",".join(template.preload.modules)]
+        return ZygoteSpec(python, tuple(template.preload.modules), tuple(sorted(env.items())), tuple(argv))
 
     async def _picod_argv(self, template: Template, python: str, directory: str,
-                          namespaces: tuple[int, int] | None, lifeline: int | None) -> list[str]:
+                          namespaces: tuple[int, int] | None, lifeline: int | None,
+                          kernel_channel: int | None = None) -> list[str]:
         run_dir = os.path.join(directory, "run")
         if not self.bwrap_used(template):
             source = os.path.dirname(self.picod_package)
@@ -125,7 +157,7 @@ class LocalProvider(SandboxProvider):
         inner_socket = f"{bwrap.RUN_DIR}/{bwrap.SOCKET_NAME}"
         return (await self._bwrap_prefix(template, python, run_dir, namespaces)
                 + bwrap.picod_bootstrap(python, inner_socket, bwrap.WORKSPACE, bwrap.PICOD_SOURCE, run_as, lifeline,
-                                        template.preload))
+                                        template.preload, kernel_channel))
 
     async def _bwrap_prefix(self, template: Template, python: str, run_dir: str,
                             namespaces: tuple[int, int] | None, daemon: bool = True) -> list[str]:
@@ -164,6 +196,7 @@ class LocalProvider(SandboxProvider):
         namespaces = None  # (setup, sandbox) user namespace descriptors for bubblewrap
         lifeline = None
         inherited: list[int] = []  # descriptors the sandbox keeps (and we close after the spawn)
+        channel = None
         try:
             await _finished(_make_dirs, directory, daemon_uid if mapped else None)
             if self.cgroups is not None:
@@ -179,19 +212,28 @@ class LocalProvider(SandboxProvider):
                 # however the gateway dies, its sandboxes go with it.
                 lifeline, self._lifelines[sandbox_id] = os.pipe()
                 inherited.append(lifeline)
+            log_path = os.path.join(directory, "sandbox.log")
+            spec = await self._zygote_spec(template, python) if mapped else None
+            if spec is not None:
+                self.zygotes.prepare(spec)  # importing while the sandbox starts
+                channel = self._channels[sandbox_id] = KernelChannel(self.zygotes, spec, SandboxFacts(
+                    os.dup(namespaces[1]), procs, log_path, self._rlimits(template)))
             if template.kind == "agent-runtime":
                 command, endpoint = await self._agent_argv(template, python, directory, env, namespaces, lifeline)
             else:
-                command = await self._picod_argv(template, python, directory, namespaces, lifeline)
+                command = await self._picod_argv(template, python, directory, namespaces, lifeline,
+                                                 channel.theirs.fileno() if channel else None)
                 endpoint = {"unix_socket": os.path.join(directory, "run", bwrap.SOCKET_NAME)}
             argv = self._isolation_argv(template, procs) + command
-            log_path = os.path.join(directory, "sandbox.log")
+            passed = {*(namespaces or ()), *inherited, *([channel.theirs.fileno()] if channel else [])}
             with open(log_path, "wb") as log_file:  # noqa: ASYNC230 -- opening is instant; the child writes
                 # Popen forks and returns at exec, as asyncio's own spawn does on the loop.
                 proc = subprocess.Popen(  # noqa: ASYNC220
                     argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                    start_new_session=True, cwd=directory, pass_fds=tuple({*(namespaces or ()), *inherited}))
+                    start_new_session=True, cwd=directory, pass_fds=tuple(passed))
             handle["pid"] = proc.pid
+            if channel is not None:
+                channel.attach(proc.pid)  # closes its copy of PicoD's end
             sandbox = Sandbox(sandbox_id, template.name, endpoint, handle)
             self._children[sandbox_id] = (proc, sandbox.handle)
             await _finished(_write_json, os.path.join(directory, "sandbox.json"), sandbox.to_dict())
@@ -264,6 +306,9 @@ class LocalProvider(SandboxProvider):
 
     async def destroy(self, sandbox: Sandbox) -> None:
         self._kept.discard(sandbox.id)
+        channel = self._channels.pop(sandbox.id, None)
+        if channel is not None:
+            channel.close()
         lifeline = self._lifelines.pop(sandbox.id, None)
         if lifeline is not None:
             os.close(lifeline)
@@ -306,6 +351,11 @@ class LocalProvider(SandboxProvider):
         """Kill what should not outlive us, forget the rest (claimed, kept on purpose)."""
         self._kill_unkept()
         self._children.clear()
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        if self.zygotes is not None:
+            self.zygotes.close()
         self.userns.close()
         if self.cgroups is not None:
             self.cgroups.close()
@@ -461,6 +511,8 @@ async def _picod_ready(sandbox: Sandbox, client: PicodClient) -> bool:
         raise SandboxStartError(f"sandbox {sandbox.id}: the kernel failed to start: {body.get('kernel_error')}")
     if status == 200 and body.get("preload"):
         sandbox.handle["preload"] = body["preload"]
+    if status == 200 and body.get("kernel_source"):
+        sandbox.handle["kernel_source"] = body["kernel_source"]
     return status == 200
 
 

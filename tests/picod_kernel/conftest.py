@@ -17,7 +17,8 @@ def keys() -> KeyPair:
 
 
 class Picod(ServerProcess):
-    def __init__(self, keys: KeyPair, workspace: str, *args: str, env: dict | None = None):
+    def __init__(self, keys: KeyPair, workspace: str, *args: str, env: dict | None = None,
+                 pass_fds: tuple[int, ...] = ()):
         self.keys = keys
         self.workspace = os.path.realpath(workspace)
         self.session_id: str | None = None
@@ -25,7 +26,7 @@ class Picod(ServerProcess):
         self.sandbox_id = full_env.get("PICOD_SANDBOX_ID")
         super().__init__(python_argv("picod_kernel", "--host", "127.0.0.1", "--port", "0",
                                      "--workspace", workspace, *args), full_env,
-                         ready_status=(200, 503) if "--kernel-python" in args else (200,))
+                         ready_status=(200, 503) if "--kernel-python" in args else (200,), pass_fds=pass_fds)
 
     def token(self, **claims) -> str:
         claims.setdefault("sandbox", self.sandbox_id)
@@ -54,8 +55,8 @@ def fresh_picod(keys, tmp_path):
     """A daemon of one's own, for tests that change its state (session lock, kernel death)."""
     servers: list[Picod] = []
 
-    def start(*args: str, env: dict | None = None) -> Picod:
-        server = Picod(keys, str(tmp_path / f"ws{len(servers)}"), *args, env=env)
+    def start(*args: str, env: dict | None = None, pass_fds: tuple[int, ...] = ()) -> Picod:
+        server = Picod(keys, str(tmp_path / f"ws{len(servers)}"), *args, env=env, pass_fds=pass_fds)
         servers.append(server)
         return server
 

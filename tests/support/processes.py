@@ -19,12 +19,13 @@ class ServerProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str], ready_path: str = "/health",
                  ready_status: tuple[int, ...] = (200,), timeout: float = 60.0,
-                 url_pattern: str = r"listening on (\S+):(\d+)", cwd: str | None = None):
+                 url_pattern: str = r"listening on (\S+):(\d+)", cwd: str | None = None,
+                 pass_fds: tuple[int, ...] = ()):
         self.url_pattern = re.compile(url_pattern)
         self.argv, self.env = argv, env
         self.output: list[str] = []
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True, cwd=cwd)
+                                     text=True, start_new_session=True, cwd=cwd, pass_fds=pass_fds)
         self._port_found = threading.Event()
         self.url = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
