@@ -18,7 +18,8 @@ import pytest
 from kernel_gateway_ext.providers import local
 from kernel_gateway_ext.providers.zygote import _unfit, zygote_environment
 
-from .conftest import body, wait_ready
+from .conftest import wait_ready
+from .test_attacks import run
 from .zygote_processes import alive, forked, memory, zygotes
 
 PROPERTIES = """
@@ -57,19 +58,6 @@ def two_warm(gateway_config):
 def broken_preload(gateway_config):
     gateway_config["templates"] = {"broken": {"pool_size": 1, "preload": {
         "modules": ["json", "no_such_module_for_kernelcube"], "code": "raise RuntimeError('boom')"}}}
-
-
-async def run(jp_fetch, code: str, session_id: str | None = None, template: str | None = None,
-              language: str = "python", timeout: float = 60) -> dict:
-    payload = {"code": code, "timeout": timeout, "language": language}
-    if session_id:
-        payload["session_id"] = session_id
-    if template:
-        payload["template"] = template
-    response = await jp_fetch("v1", "execute", method="POST", body=json.dumps(payload), raise_error=False,
-                              request_timeout=timeout + 60)
-    assert response.code == 200, response.body
-    return body(response)
 
 
 async def record(gateway, session_id: str):

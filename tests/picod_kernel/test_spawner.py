@@ -13,6 +13,8 @@ import pytest
 from picod_kernel.execute import child_environment, run_command
 from picod_kernel.spawner import Spawner
 
+from .test_run_command import alive
+
 
 class CountingSpawner(Spawner):
     """Counts the commands handed to its threads; with a `gate`, holds them until it opens."""
@@ -42,14 +44,6 @@ class CountingSpawner(Spawner):
 async def run(argv, spawner, timeout=10.0):
     return await run_command(argv, timeout=timeout, cwd=os.getcwd(), env=child_environment(None),
                              max_output=1 << 20, spawner=spawner)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.asyncio
