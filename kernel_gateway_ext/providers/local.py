@@ -320,7 +320,7 @@ class LocalProvider(SandboxProvider):
             await asyncio.to_thread(self.cgroups.discard, sandbox.id)
         directory = sandbox.handle.get("dir")
         if directory and os.path.dirname(directory) == self.root:
-            await asyncio.to_thread(shutil.rmtree, directory, True)
+            await _remove_tree(directory)
 
     async def is_alive(self, sandbox: Sandbox) -> bool:
         """PicoD itself runs (its namespace's init outlives it for a moment); for an agent
@@ -362,6 +362,21 @@ class LocalProvider(SandboxProvider):
         atexit.unregister(self._kill_unkept)
         with contextlib.suppress(OSError):
             os.rmdir(self.root)  # only when empty: nothing is left to re-adopt
+
+
+async def _remove_tree(directory: str, tries: int = 20, pause: float = 0.05) -> None:
+    """Remove a sandbox's directory. A sandbox stopped while it was starting may still have a
+    process that dies a moment after bubblewrap (PicoD binding its socket in run/), and a file
+    made during the removal leaves the directory behind: try again until it is gone."""
+    def removed() -> bool:
+        shutil.rmtree(directory, ignore_errors=True)
+        return not os.path.lexists(directory)
+
+    for _ in range(tries):
+        if await asyncio.to_thread(removed):
+            return
+        await asyncio.sleep(pause)
+    log.warning("could not remove %s: something in the sandbox kept writing to it", directory)
 
 
 async def _finished(fn, *args, undo=None):
