@@ -313,14 +313,16 @@ class LocalProvider(SandboxProvider):
         if lifeline is not None:
             os.close(lifeline)
         child = self._children.pop(sandbox.id, None)
-        _kill_sandbox(sandbox.id, sandbox.handle)
-        if child is not None:
-            await _reap(child[0])
-        if self.cgroups is not None and sandbox.handle.get("cgroups"):
-            await asyncio.to_thread(self.cgroups.discard, sandbox.id)
-        directory = sandbox.handle.get("dir")
-        if directory and os.path.dirname(directory) == self.root:
-            await _remove_tree(directory)
+        try:
+            _kill_sandbox(sandbox.id, sandbox.handle)
+            if child is not None:
+                await _reap(child[0])
+            if self.cgroups is not None and sandbox.handle.get("cgroups"):
+                await asyncio.to_thread(self.cgroups.discard, sandbox.id)
+        finally:  # whatever failed above, the directory goes (a sandbox half made, too)
+            directory = sandbox.handle.get("dir")
+            if directory and os.path.dirname(directory) == self.root:
+                await _remove_tree(directory)
 
     async def is_alive(self, sandbox: Sandbox) -> bool:
         """PicoD itself runs (its namespace's init outlives it for a moment); for an agent
