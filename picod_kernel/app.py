@@ -1,4 +1,4 @@
-"""`picod`: the command line, the Tornado application and the process lifecycle."""
+"""`picod`: the command line, the routes and the process lifecycle."""
 
 from __future__ import annotations
 
@@ -13,23 +13,20 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from tornado import httpserver, web
-from tornado.netutil import bind_sockets, bind_unix_socket
-
 from . import __version__
 from .auth import TokenVerifier, load_public_key
-from .base import MAX_BODY_BYTES, NotFoundHandler
-from .channels import ChannelsHandler
-from .command_handlers import ExecuteHandler, HealthHandler
+from .channels import Channels
+from .command_handlers import execute, health
 from .execute import child_environment
 from .execution import DEFAULT_MAX_OUTPUT
-from .files import DownloadHandler, FilesHandler
+from .files import DOWNLOAD_PREFIX, download, list_files, upload
 from .identity import RunAs, become_daemon_for
 from .jail import Workspace
 from .kernel import KernelBridge
-from .kernel_handlers import EnvHandler, InterruptHandler, RestartHandler, RunHandler
+from .kernel_handlers import interrupt, restart, run, set_env
 from .outbox import ChannelLimits
 from .relay import Relays
+from .server import HttpServer, Route
 from .spawner import Spawner
 
 log = logging.getLogger("picod")
@@ -56,23 +53,18 @@ class State:
     spawner: Spawner | None = None
 
 
-def make_app(state: State) -> web.Application:
-    routes = [
-        (r"/health", HealthHandler),
-        (r"/api/execute", ExecuteHandler),
-        (r"/api/files", FilesHandler),
-        (r"/api/files/(.*)", DownloadHandler),
-        (r"/api/run", RunHandler),
-        (r"/api/kernel/env", EnvHandler),
-        (r"/api/kernel/interrupt", InterruptHandler),
-        (r"/api/kernel/restart", RestartHandler),
-    ]
-    rules = [(path, handler, {"state": state}) for path, handler in routes]
-    rules.append((r"/api/kernel/channels", ChannelsHandler,
-                  {"state": state, "relays": Relays(state.kernel, state.channel_limits)}))
-    return web.Application(rules,
-                           default_handler_class=NotFoundHandler, compress_response=True,
-                           websocket_ping_interval=30)
+def make_server(state: State) -> HttpServer:
+    routes = {
+        "/health": Route({"GET": health}, auth=False),
+        "/api/execute": Route({"POST": execute}, cancel_on_disconnect=True),
+        "/api/files": Route({"POST": upload, "GET": list_files}),
+        "/api/run": Route({"POST": run}),
+        "/api/kernel/env": Route({"POST": set_env}),
+        "/api/kernel/interrupt": Route({"POST": interrupt}),
+        "/api/kernel/restart": Route({"POST": restart}),
+        "/api/kernel/channels": Route({"GET": Channels(Relays(state.kernel, state.channel_limits))}),
+    }
+    return HttpServer(routes, state, prefix_routes={DOWNLOAD_PREFIX: Route({"GET": download})})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,15 +144,11 @@ def make_state(args: argparse.Namespace, env: dict[str, str]) -> State:
 
 
 async def serve(args: argparse.Namespace, state: State) -> None:
-    server = httpserver.HTTPServer(make_app(state), max_body_size=4 * MAX_BODY_BYTES,
-                                   idle_connection_timeout=3600, body_timeout=600)
+    server = make_server(state)
     if args.unix_socket:
-        sockets = [bind_unix_socket(args.unix_socket, mode=0o600)]
-        where = args.unix_socket
+        where = await server.listen_unix(args.unix_socket)
     else:
-        sockets = bind_sockets(args.port, args.host)
-        where = f"{args.host}:{sockets[0].getsockname()[1]}"
-    server.add_sockets(sockets)
+        where = await server.listen_tcp(args.host, args.port)
     log.info("PicoD %s listening on %s, workspace %s", __version__, where, state.workspace.root)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,16 +159,14 @@ async def serve(args: argparse.Namespace, state: State) -> None:
     kernel_start = asyncio.ensure_future(state.kernel.start()) if state.kernel else None
     await stop.wait()
     log.info("shutting down")
-    server.stop()
+    server.stop_listening()
     if kernel_start:
         kernel_start.cancel()
         await state.kernel.shutdown()
     if state.spawner:
         state.spawner.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
-    except asyncio.TimeoutError:
-        log.warning("connections still open after %.0fs; closing anyway", SHUTDOWN_GRACE)
+    if not await server.close_connections(SHUTDOWN_GRACE):
+        log.warning("requests still running after %.0fs; closing anyway", SHUTDOWN_GRACE)
 
 
 def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:

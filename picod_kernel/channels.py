@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tornado import websocket
-
 from . import wire
-from .auth import AuthError
-from .base import set_nodelay
 from .outbox import Outbox, Outgoing
 from .relay import Relays
+from .server import Reply, Request, RequestError
+from .websocket import WebSocket, check_handshake
 
 log = logging.getLogger("picod.channels")
 
@@ -38,54 +36,42 @@ async def until_settled(kernel, timeout: float) -> None:
         forget()
 
 
-class ChannelsHandler(websocket.WebSocketHandler):
-    """Relays Jupyter messages between one client and the kernel."""
+class Channels:
+    """The route's handler: `await channels(state, request, reply)` (authenticated already)."""
 
-    def initialize(self, state, relays: Relays) -> None:
-        self.state = state
+    def __init__(self, relays: Relays):
         self.relays = relays
-        self.relay = None
-        self.outbox: Outbox | None = None
 
-    def prepare(self) -> None:
-        set_nodelay(self)
-        try:
-            self.state.verifier.verify(self.request.headers.get("Authorization"))
-        except AuthError as exc:
-            self.set_status(401)
-            self.finish({"error": exc.error, "code": 401, "detail": exc.detail})
-
-    async def get(self, *args, **kwargs) -> None:
-        kernel = self.state.kernel
+    async def __call__(self, state, request: Request, reply: Reply) -> None:
+        kernel = state.kernel
         if kernel is None:
-            self.set_status(404)
-            self.finish({"error": "this PicoD runs without a kernel (started with --no-kernel)", "code": 404})
-            return
+            raise RequestError(404, "this PicoD runs without a kernel (started with --no-kernel)")
+        check_handshake(request)
         # A client arriving during a restart waits for the kernel, as one arriving before it
         # would have waited for its first reply: refusing would make it re-dial.
         await until_settled(kernel, READY_WAIT)
         if kernel.state != "ready":
-            self.set_status(503)
-            self.finish({"error": f"the kernel is {kernel.state}", "code": 503})
-            return
-        await super().get(*args, **kwargs)
+            raise RequestError(503, f"the kernel is {kernel.state}")
+        session_id = request.query_argument("session_id")[:MAX_SESSION_ID]
+        ChannelsConnection(self.relays, session_id).open(request, reply)
 
-    def open(self) -> None:
-        self.set_nodelay(True)
-        session_id = self.get_query_argument("session_id", "")[:MAX_SESSION_ID]
-        label = f"channels ({'session ' + session_id if session_id else 'no session id'})"
-        self.outbox = Outbox(self._write, self._flushed, self.close, self.relays.limits, label)
-        self.relay = self.relays.connect(self.outbox, session_id)
 
-    def _write(self, frame: bytes, binary: bool):
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return None
-        return self.write_message(frame, binary=binary)
+class ChannelsConnection:
+    """Relays Jupyter messages between one client and the kernel."""
 
-    def _flushed(self) -> bool:
-        connection = self.ws_connection
-        stream = getattr(connection, "stream", None)
-        return stream is None or not stream.writing()
+    def __init__(self, relays: Relays, session_id: str):
+        self.relays = relays
+        self.session_id = session_id
+        self.relay = None
+        self.outbox: Outbox | None = None
+        self.socket: WebSocket | None = None
+
+    def open(self, request: Request, reply: Reply) -> None:
+        self.socket = WebSocket.accept(request, reply, reply.connection, on_message=self.on_message,
+                                       on_close=self.on_close)
+        label = f"channels ({'session ' + self.session_id if self.session_id else 'no session id'})"
+        self.outbox = Outbox(self.socket.send, self.socket.flushed, self.socket.close, self.relays.limits, label)
+        self.relay = self.relays.connect(self.outbox, self.session_id)
 
     async def on_message(self, message) -> None:
         try:

@@ -6,10 +6,10 @@ import asyncio
 import time
 from datetime import datetime, timezone
 
-from .base import PicodHandler, RequestError
 from .duration import parse_go_duration
 from .execute import child_environment, run_command
 from .jail import JailError
+from .server import Reply, Request, RequestError
 
 DEFAULT_TIMEOUT = "60s"
 
@@ -31,26 +31,22 @@ def go_duration(seconds: float) -> str:
     return f"{int(minutes)}m{text}" if minutes else text
 
 
-class HealthHandler(PicodHandler):
+async def health(state, request: Request, reply: Reply) -> None:
     """Liveness plus the kernel's state: 200 once the kernel answered kernel_info, else 503."""
-
-    requires_auth = False
-
-    def get(self) -> None:
-        kernel = self.state.kernel
-        body = {"status": "ok", "service": "PicoD", "version": "0.0.1",
-                "uptime": go_duration(time.monotonic() - self.state.started),
-                "kernel": kernel.state if kernel else "disabled"}
-        if kernel and kernel.failure:
-            body["kernel_error"] = kernel.failure
-        if kernel and kernel.preload_report is not None:
-            body["preload"] = kernel.preload_report
-        if kernel and kernel.state == "ready":
-            body["kernel_source"] = "zygote" if kernel.forked else "spawn"
-        ready = kernel is None or kernel.state == "ready"
-        if not ready:
-            body["status"] = "starting" if kernel.state in ("starting", "restarting") else "unavailable"
-        self.write_json(body, 200 if ready else 503)
+    kernel = state.kernel
+    body = {"status": "ok", "service": "PicoD", "version": "0.0.1",
+            "uptime": go_duration(time.monotonic() - state.started),
+            "kernel": kernel.state if kernel else "disabled"}
+    if kernel and kernel.failure:
+        body["kernel_error"] = kernel.failure
+    if kernel and kernel.preload_report is not None:
+        body["preload"] = kernel.preload_report
+    if kernel and kernel.state == "ready":
+        body["kernel_source"] = "zygote" if kernel.forked else "spawn"
+    ready = kernel is None or kernel.state == "ready"
+    if not ready:
+        body["status"] = "starting" if kernel.state in ("starting", "restarting") else "unavailable"
+    reply.send_json(body, 200 if ready else 503)
 
 
 def _parse_execute_request(body: dict) -> tuple[list[str], float, str | None, dict[str, str]]:
@@ -77,33 +73,20 @@ def _parse_execute_request(body: dict) -> tuple[list[str], float, str | None, di
     return command, timeout, working_dir, env
 
 
-class ExecuteHandler(PicodHandler):
-    """Runs argv in a new process group; the group dies on timeout or client disconnect."""
-
-    _task: asyncio.Task | None = None
-
-    async def post(self) -> None:
-        command, timeout, working_dir, env = _parse_execute_request(self.json_body())
-        cwd = self.state.workspace.root
-        if working_dir:
-            try:
-                cwd = await asyncio.to_thread(self.state.workspace.make_dirs, working_dir)
-            except JailError as exc:
-                raise RequestError(400, f"Invalid working directory: {exc}") from None
-            except OSError as exc:
-                raise RequestError(500, f"Failed to create working directory: {exc}") from None
-        self._task = asyncio.ensure_future(run_command(
-            command, timeout=timeout, cwd=cwd, env=child_environment(env, self.state.command_env),
-            max_output=self.state.max_output, run_as=self.state.run_as, spawner=self.state.spawner))
+async def execute(state, request: Request, reply: Reply) -> None:
+    """Runs argv in a new process group; the group dies on timeout or when the client goes (the
+    route cancels this task then, and run_command kills the group)."""
+    command, timeout, working_dir, env = _parse_execute_request(request.json_body())
+    cwd = state.workspace.root
+    if working_dir:
         try:
-            result = await self._task
-        except asyncio.CancelledError:
-            return  # the client went away; run_command killed the group
-        self.write_json({"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code,
-                         "duration": result.duration, "start_time": rfc3339(result.start_time),
-                         "end_time": rfc3339(result.end_time)})
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        if self._task is not None:
-            self._task.cancel()
+            cwd = await asyncio.to_thread(state.workspace.make_dirs, working_dir)
+        except JailError as exc:
+            raise RequestError(400, f"Invalid working directory: {exc}") from None
+        except OSError as exc:
+            raise RequestError(500, f"Failed to create working directory: {exc}") from None
+    result = await run_command(command, timeout=timeout, cwd=cwd, env=child_environment(env, state.command_env),
+                               max_output=state.max_output, run_as=state.run_as, spawner=state.spawner)
+    reply.send_json({"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code,
+                     "duration": result.duration, "start_time": rfc3339(result.start_time),
+                     "end_time": rfc3339(result.end_time)})

@@ -12,12 +12,13 @@ import posixpath
 import stat
 from urllib.parse import unquote
 
-from .base import PicodHandler, RequestError
 from .command_handlers import rfc3339
 from .jail import JailError
 from .multipart import parse_form
+from .server import Reply, Request, RequestError
 
 DEFAULT_MODE = 0o644
+DOWNLOAD_PREFIX = "/api/files/"
 CHUNK = 256 * 1024
 
 
@@ -81,101 +82,100 @@ def list_directory(workspace, user_path: str) -> dict:
     return {"files": files}
 
 
-class FilesHandler(PicodHandler):
-    async def post(self) -> None:
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.startswith("multipart/form-data"):
-            user_path, content, mode = self._multipart(content_type)
-        else:
-            user_path, content, mode = self._json()
-        info = await asyncio.to_thread(write_file, self.state.workspace, user_path, content, mode)
-        self.write_json(info)
-
-    def _multipart(self, content_type: str) -> tuple[str, memoryview, int]:
-        fields, files = parse_form(content_type, self._body)
-        path = fields.get("path", [b""])[0].decode("utf-8", "replace")
-        if not path:
-            raise RequestError(400, "Missing 'path' field")
-        if "file" not in files:
-            raise RequestError(400, "Failed to get file: http: no such file (send the content as a multipart part named 'file')")
-        mode = parse_mode(fields.get("mode", [b""])[0].decode("utf-8", "replace"))
-        return path, files["file"][0], mode
-
-    def _json(self) -> tuple[str, bytes, int]:
-        body = self.json_body()
-        path, content = body.get("path"), body.get("content")
-        if not isinstance(path, str) or not path:
-            raise RequestError(400, "Key: 'UploadFileRequest.Path' Error:Field validation for 'Path' failed on the 'required' tag")
-        if not isinstance(content, str):
-            raise RequestError(400, "Key: 'UploadFileRequest.Content' Error:Field validation for 'Content' failed on the 'required' tag (base64 string)")
-        try:
-            data = base64.b64decode(content.replace("\r", "").replace("\n", ""), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise RequestError(400, f"Invalid base64 content: {exc}") from None
-        return path, data, parse_mode(body.get("mode"))
-
-    async def get(self) -> None:
-        user_path = self.get_query_argument("path", "")
-        if not user_path:
-            raise RequestError(400, "Missing 'path' query parameter")
-        self.write_json(await asyncio.to_thread(list_directory, self.state.workspace, user_path))
+async def upload(state, request: Request, reply: Reply) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        user_path, content, mode = _multipart_upload(content_type, request.body)
+    else:
+        user_path, content, mode = _json_upload(request.json_body())
+    reply.send_json(await asyncio.to_thread(write_file, state.workspace, user_path, content, mode))
 
 
-class DownloadHandler(PicodHandler):
+def _multipart_upload(content_type: str, body: bytearray) -> tuple[str, memoryview, int]:
+    fields, files = parse_form(content_type, body)
+    path = fields.get("path", [b""])[0].decode("utf-8", "replace")
+    if not path:
+        raise RequestError(400, "Missing 'path' field")
+    if "file" not in files:
+        raise RequestError(400, "Failed to get file: http: no such file (send the content as a multipart part named 'file')")
+    mode = parse_mode(fields.get("mode", [b""])[0].decode("utf-8", "replace"))
+    return path, files["file"][0], mode
+
+
+def _json_upload(body: dict) -> tuple[str, bytes, int]:
+    path, content = body.get("path"), body.get("content")
+    if not isinstance(path, str) or not path:
+        raise RequestError(400, "Key: 'UploadFileRequest.Path' Error:Field validation for 'Path' failed on the 'required' tag")
+    if not isinstance(content, str):
+        raise RequestError(400, "Key: 'UploadFileRequest.Content' Error:Field validation for 'Content' failed on the 'required' tag (base64 string)")
+    try:
+        data = base64.b64decode(content.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(400, f"Invalid base64 content: {exc}") from None
+    return path, data, parse_mode(body.get("mode"))
+
+
+async def list_files(state, request: Request, reply: Reply) -> None:
+    user_path = request.query_argument("path")
+    if not user_path:
+        raise RequestError(400, "Missing 'path' query parameter")
+    reply.send_json(await asyncio.to_thread(list_directory, state.workspace, user_path))
+
+
+async def download(state, request: Request, reply: Reply) -> None:
     """Streams one file; supports Range (206) and If-Modified-Since (304)."""
-
-    async def get(self, raw: str) -> None:
-        user_path = unquote(raw).lstrip("/")
-        try:
-            path = self.state.workspace.resolve(user_path)
-        except JailError as exc:
-            raise RequestError(400, str(exc)) from None
-        try:
-            st = await asyncio.to_thread(os.stat, path)
-        except FileNotFoundError:
-            raise RequestError(404, "File not found") from None
-        except OSError as exc:
-            raise RequestError(500, f"Failed to get file info: {exc}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise RequestError(400, "Path is a directory, not a file")
-        modified = email.utils.formatdate(int(st.st_mtime), usegmt=True)
-        self.set_header("Last-Modified", modified)
-        self.set_header("Accept-Ranges", "bytes")
-        if _not_modified_since(self.request.headers.get("If-Modified-Since"), st.st_mtime):
-            self.set_status(304)
-            self.finish()
+    user_path = unquote(request.path[len(DOWNLOAD_PREFIX):]).lstrip("/")
+    try:
+        path = state.workspace.resolve(user_path)
+    except JailError as exc:
+        raise RequestError(400, str(exc)) from None
+    try:
+        st = await asyncio.to_thread(os.stat, path)
+    except FileNotFoundError:
+        raise RequestError(404, "File not found") from None
+    except OSError as exc:
+        raise RequestError(500, f"Failed to get file info: {exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RequestError(400, "Path is a directory, not a file")
+    reply.headers["Last-Modified"] = email.utils.formatdate(int(st.st_mtime), usegmt=True)
+    reply.headers["Accept-Ranges"] = "bytes"
+    if _not_modified_since(request.headers.get("if-modified-since"), st.st_mtime):
+        reply.send(304)
+        return
+    start, end = 0, st.st_size
+    byte_range = parse_range(request.headers.get("range", ""), st.st_size)
+    if byte_range is not None:
+        start, end = byte_range
+        if start >= end:
+            reply.headers["Content-Range"] = f"bytes */{st.st_size}"
+            reply.send(416)
             return
-        start, end = 0, st.st_size
-        byte_range = parse_range(self.request.headers.get("Range", ""), st.st_size)
-        if byte_range is not None:
-            start, end = byte_range
-            if start >= end:
-                self.set_status(416)
-                self.set_header("Content-Range", f"bytes */{st.st_size}")
-                self.finish()
-                return
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{st.st_size}")
-        name = posixpath.basename(path)
-        self.set_header("Content-Type", mimetypes.guess_type(name)[0] or "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.set_header("Content-Description", "File Transfer")
-        self.set_header("Content-Transfer-Encoding", "binary")
-        self.set_header("Content-Length", str(end - start))
-        await self._stream(path, start, end)
+        reply.headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.st_size}"
+    name = posixpath.basename(path)
+    reply.headers.update({
+        "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Content-Description": "File Transfer",
+        "Content-Transfer-Encoding": "binary",
+        "Content-Length": str(end - start),
+    })
+    reply.start(206 if byte_range is not None else 200)
+    await _stream(reply, path, start, end)
 
-    async def _stream(self, path: str, start: int, end: int) -> None:
-        with open(path, "rb") as f:  # noqa: ASYNC230 -- reads below run in a thread
-            f.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                chunk = await asyncio.to_thread(f.read, min(CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                self.write(chunk)
-                await self.flush()
-        self.finish()
+
+async def _stream(reply: Reply, path: str, start: int, end: int) -> None:
+    with open(path, "rb") as f:  # noqa: ASYNC230 -- reads below run in a thread
+        f.seek(start)
+        remaining = end - start
+        while remaining > 0 and not reply.closed:
+            chunk = await asyncio.to_thread(f.read, min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            reply.write(chunk)
+            await reply.drain()
+    if remaining == 0:
+        reply.end()  # else the file shrank: the connection is closed, the reply left short
 
 
 def _not_modified_since(header: str | None, mtime: float) -> bool:

@@ -7,8 +7,8 @@ import json
 import logging
 import math
 
-from .base import PicodHandler, RequestError
 from .kernel import KernelUnavailable
+from .server import Reply, Request, RequestError
 
 log = logging.getLogger("picod.kernel")
 
@@ -29,59 +29,55 @@ def _parse_run_request(body: dict) -> tuple[str, float | None, dict[str, str]]:
     return code, timeout, env
 
 
-class KernelHandler(PicodHandler):
-    @property
-    def kernel(self):
-        if self.state.kernel is None:
-            raise RequestError(404, "this PicoD runs without a kernel (started with --no-kernel)")
-        return self.state.kernel
-
-    async def call(self, operation):
-        try:
-            return await operation
-        except KernelUnavailable as exc:
-            raise RequestError(503, f"{exc}; retry when GET /health reports the kernel ready") from None
+def _kernel(state):
+    if state.kernel is None:
+        raise RequestError(404, "this PicoD runs without a kernel (started with --no-kernel)")
+    return state.kernel
 
 
-class RunHandler(KernelHandler):
+async def _call(operation):
+    try:
+        return await operation
+    except KernelUnavailable as exc:
+        raise RequestError(503, f"{exc}; retry when GET /health reports the kernel ready") from None
+
+
+async def run(state, request: Request, reply: Reply) -> None:
     """Runs code in the live kernel: one Execution JSON, or NDJSON events when asked."""
+    code, timeout, env = _parse_run_request(request.json_body())
+    kernel = _kernel(state)
+    if NDJSON not in request.headers.get("accept", ""):
+        reply.send_json(await _call(kernel.execute(code, timeout, env)))
+        return
+    reply.headers["Content-Type"] = NDJSON
+    reply.headers["Cache-Control"] = "no-cache"
 
-    async def post(self) -> None:
-        code, timeout, env = _parse_run_request(self.json_body())
-        kernel = self.kernel
-        if NDJSON not in self.request.headers.get("Accept", ""):
-            self.write_json(await self.call(kernel.execute(code, timeout, env)))
-            return
-        self.set_header("Content-Type", NDJSON)
-        self.set_header("Cache-Control", "no-cache")
+    def emit(event: dict) -> None:
+        if not reply.started:
+            reply.start()
+        reply.write((json.dumps(event) + "\n").encode())
 
-        def emit(event: dict) -> None:
-            if not self.request.connection.stream.closed():
-                self.write(json.dumps(event) + "\n")
-                self.flush()
-
-        await self.call(kernel.execute(code, timeout, env, on_event=emit))
-        self.finish()
+    await _call(kernel.execute(code, timeout, env, on_event=emit))
+    if not reply.started:
+        reply.start()
+    reply.end()
 
 
-class EnvHandler(KernelHandler):
+async def set_env(state, request: Request, reply: Reply) -> None:
     """`POST /api/kernel/env {"env": {...}}`: variables for the rest of the kernel's life."""
-
-    async def post(self) -> None:
-        env = self.json_body().get("env")
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise RequestError(400, "'env' is required and must be an object mapping strings to strings")
-        await self.call(self.kernel.set_env(env))
-        self.write_json({"status": "ok"})
+    env = request.json_body().get("env")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise RequestError(400, "'env' is required and must be an object mapping strings to strings")
+    await _call(_kernel(state).set_env(env))
+    reply.send_json({"status": "ok"})
 
 
-class InterruptHandler(KernelHandler):
-    async def post(self) -> None:
-        await self.call(self.kernel.interrupt())
-        self.write_json({"status": "ok"})
+async def interrupt(state, request: Request, reply: Reply) -> None:
+    await _call(_kernel(state).interrupt())
+    reply.send_json({"status": "ok"})
 
 
-class RestartHandler(KernelHandler):
-    async def post(self) -> None:
-        await self.call(self.kernel.restart())
-        self.write_json({"status": "ok", "kernel": self.kernel.state})
+async def restart(state, request: Request, reply: Reply) -> None:
+    kernel = _kernel(state)
+    await _call(kernel.restart())
+    reply.send_json({"status": "ok", "kernel": kernel.state})

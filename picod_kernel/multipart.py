@@ -7,11 +7,13 @@ part's headers still go through tornado's own parser (one small part at a time),
 file names and the refusal of bad headers are tornado's. A body not in the usual shape (no
 final boundary, a part without headers, too many parts, a header tornado refuses) is handed
 to tornado whole, so its answer, error included, is exactly what it was.
+
+Tornado is imported on the first upload, not with the daemon: an idle PicoD does not carry it.
 """
 
 from __future__ import annotations
 
-from tornado import httputil
+from .server import RequestError
 
 # Beyond this many parts the whole body goes to tornado (whose own limit is 100 by default).
 MAX_PARTS = 16
@@ -24,9 +26,13 @@ def parse_form(content_type: str, body: bytearray | bytes) -> tuple[dict[str, li
     found = _in_place(boundary, body) if boundary else None
     if found is not None:
         return found
+    from tornado import httputil
     fields: dict[str, list[bytes]] = {}
     files: dict[str, list[httputil.HTTPFile]] = {}
-    httputil.parse_body_arguments(content_type, bytes(body), fields, files)
+    try:
+        httputil.parse_body_arguments(content_type, bytes(body), fields, files)
+    except httputil.HTTPInputError as exc:
+        raise RequestError(400, f"Failed to parse the multipart form: {exc}") from None
     return fields, {name: [memoryview(f.body) for f in entries] for name, entries in files.items()}
 
 
@@ -84,9 +90,10 @@ def _in_place(boundary: bytes, body: bytearray | bytes) -> tuple[dict, dict] | N
 
 def _part_headers(boundary: bytes, head: bytes) -> tuple[str, bool] | None:
     """(name, is a file) of one part, from tornado's parse of a body made of its headers alone."""
+    from tornado import httputil
     sample = b"--" + boundary + b"\r\n" + head + b"\r\n\r\n\r\n--" + boundary + b"--"
     fields: dict[str, list[bytes]] = {}
-    files: dict[str, list[httputil.HTTPFile]] = {}
+    files: dict[str, list] = {}
     try:
         httputil.parse_multipart_form_data(boundary, sample, fields, files)
     except Exception:  # noqa: BLE001 -- any refusal (HTTPInputError, UnicodeDecodeError, ...) is for tornado to word

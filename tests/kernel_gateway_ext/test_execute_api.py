@@ -116,8 +116,11 @@ async def test_files_round_trip(jp_fetch, gateway):
     assert (await jp_fetch("v1", "sessions", session_id, "files", "data/new.txt")).body == b"x"
     missing = await jp_fetch("v1", "sessions", session_id, "files", "nope.txt", raise_error=False)
     assert missing.code == 404
-    escape = await jp_fetch("v1", "sessions", session_id, "files", "..%2F..%2Fetc%2Fpasswd", raise_error=False)
+    escape = await jp_fetch("v1", "sessions", session_id, "files", "../../etc/passwd", raise_error=False)
     assert escape.code == 400 and "access denied" in body(escape)["error"]
+    # An encoded slash is part of a name (one decoding at each hop), not a way out.
+    literal = await jp_fetch("v1", "sessions", session_id, "files", "..%2F..%2Fetc%2Fpasswd", raise_error=False)
+    assert literal.code == 404
 
 
 @pytest.mark.parametrize(("payload", "status", "wording"), [

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from picod_kernel import base as picod_base
+from picod_kernel import server as picod_server
 from picod_kernel.limits import MAX_BODY_BYTES
 
 from .conftest import ROUTER, TOKEN, body, new_session, wait_ready
@@ -112,7 +112,7 @@ async def test_an_unsized_body_over_the_limit_is_cut_off(jp_fetch, gateway, conn
 
 
 async def test_one_body_limit_at_every_hop(jp_fetch, gateway, connect):
-    assert gateway.max_body_bytes == MAX_BODY_BYTES == picod_base.MAX_BODY_BYTES
+    assert gateway.max_body_bytes == MAX_BODY_BYTES == picod_server.MAX_BODY_BYTES
     await wait_ready(jp_fetch)
     session_id = await new_session(jp_fetch)
     over = {"Authorization": f"token {TOKEN}", "Content-Length": str(MAX_BODY_BYTES + 1)}
