@@ -4,7 +4,7 @@ client, same token, runs interleaved so that a noisy neighbour hurts both alike.
 Measured: `/api/execute ["true"]` p50/p99 (one keep-alive client), requests/s with 50
 concurrent keep-alive clients, start to the first 200 on `/health` (ours with and without its
 kernel), the daemon's idle PSS (beside two floors: the bare interpreter, and the interpreter
-with asyncio and tornado imported) and a 30 MiB multipart upload. Goals (issue 12): execute
+with asyncio and httptools imported) and a 30 MiB multipart upload. Goals (issue 12): execute
 p50 <= 1.1x Go, throughput >= 0.8x, idle PSS <= 20 MiB, upload >= 0.8x.
 
 The Go side comes from `bench.gopicod` (`AGENTCUBE_SRC` or `AGENTCUBE_PICOD_BINARY`); without
@@ -50,7 +50,7 @@ EXECUTE = json.dumps({"command": ["true"]}).encode()
 # What a Python daemon cannot go below: the interpreter alone, and with the frameworks PicoD is built on.
 FLOORS = {
     "floor: python -I, idle": "import time; time.sleep(100)",
-    "floor: + asyncio, tornado.web, idle": "import asyncio, tornado.web, tornado.httpserver, time; time.sleep(100)",
+    "floor: + asyncio, httptools, idle": "import asyncio, httptools, time; time.sleep(100)",
 }
 BOOTSTRAP = "import sys; sys.path.insert(0, {src!r}); from picod_kernel.app import main; sys.exit(main())"
 MIB = 1024 * 1024

@@ -229,6 +229,8 @@ class HttpConnection(asyncio.Protocol):
             self.upgrade_requested = True
             self._after_upgrade = data[exc.args[0]:] if exc.args else b""
             self._pause_reading()  # what follows belongs to the protocol that may take over
+            if self.task is None and not self.queue:
+                self.close()  # the request was refused already: nothing will take over
         except httptools.HttpParserError as exc:
             log.info("a malformed request: %s", exc)
             if self.answering is None:
