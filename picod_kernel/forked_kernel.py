@@ -8,7 +8,7 @@ PicoD may signal (CAP_KILL), so interrupts and kills work as for a spawned kerne
 PicoD's child, though: its exit status comes on a pipe from the process that waits for it
 (the zygote's supervisor, outside the pid namespace), and closing that pipe kills the kernel.
 
-The provisioner falls back to spawning, as before, whenever the channel cannot give a kernel:
+PicoD falls back to spawning, as before, whenever the channel cannot give a kernel:
 no zygote, a zygote that is starting too long or died, a gateway that is gone. A restart also
 spawns when the user installed packages (a PYTHONPATH directory is not empty) or put modules
 named like a preloaded one in the working directory, so that what the user added wins as it
@@ -23,9 +23,6 @@ import logging
 import os
 import signal
 import socket
-from typing import Any
-
-from jupyter_client.provisioning import LocalProvisioner
 
 log = logging.getLogger("picod.kernel")
 
@@ -91,7 +88,7 @@ class KernelChannel:
 
 
 class ForkedKernel:
-    """What LocalProvisioner expects of its `process` (a Popen), for a kernel that is not our
+    """What KernelProcess expects of its `process` (a Popen), for a kernel that is not our
     child: poll, wait, signals, returncode."""
 
     stdin = stdout = stderr = None
@@ -130,7 +127,7 @@ class ForkedKernel:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
-        return self.poll()  # LocalProvisioner calls it only once poll() answered
+        return self.poll()  # called only once poll() answered
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
@@ -160,14 +157,16 @@ class ForkedKernel:
         self._status = self._pidfd = None
 
 
-class ZygoteProvisioner(LocalProvisioner):
-    """LocalProvisioner that first asks the channel for a forked kernel."""
+class ZygoteLauncher:
+    """Asks the channel for a forked kernel, whenever a forked kernel would be the kernel
+    PicoD would have spawned; the same launcher for every restart."""
 
-    channel: KernelChannel | None = None
-    preloaded: tuple[str, ...] = ()  # top-level names of the preload's modules
-    forked = False  # whether the running kernel came from the zygote
+    def __init__(self, channel: KernelChannel, preloaded: tuple[str, ...] = ()):
+        self.channel = channel
+        self.preloaded = preloaded  # top-level names of the preload's modules
 
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any):
+    async def fork(self, cmd: list[str], kwargs: dict) -> ForkedKernel | None:
+        """The forked kernel, or None when it is to be spawned (the log says why)."""
         why = self._why_spawn(cmd, kwargs)
         if why is None:
             try:
@@ -175,14 +174,9 @@ class ZygoteProvisioner(LocalProvisioner):
             except ZygoteUnavailable as exc:
                 why = str(exc)
             else:
-                self.process = ForkedKernel(pid, status)
-                self.pid = self.pgid = pid  # a session leader: its group is its pid
-                self.cwd = kwargs.get("cwd")
-                self.forked = True
-                return self.connection_info
+                return ForkedKernel(pid, status)
         log.info("kernel spawned, not forked from the zygote: %s", why)
-        self.forked = False
-        return await super().launch_kernel(cmd, **kwargs)
+        return None
 
     def _why_spawn(self, cmd: list[str], kwargs: dict) -> str | None:
         if self.channel is None:
@@ -198,24 +192,6 @@ class ZygoteProvisioner(LocalProvisioner):
             if os.path.exists(os.path.join(cwd, name)) or os.path.exists(os.path.join(cwd, f"{name}.py")):
                 return f"{name} in {cwd} would shadow the preloaded module"
         return None
-
-    async def send_signal(self, signum: int) -> None:
-        if isinstance(self.process, ForkedKernel) and self.process.poll() is not None:
-            return  # gone: its group may be someone else's by now
-        await super().send_signal(signum)
-
-    async def wait(self) -> int | None:
-        process = self.process
-        try:
-            return await super().wait()  # forgets the process once it has ended
-        finally:
-            if isinstance(process, ForkedKernel) and process.returncode is not None:
-                process.close()
-
-    async def cleanup(self, restart: bool = False) -> None:
-        if isinstance(self.process, ForkedKernel):
-            self.process.close()
-        await super().cleanup(restart)
 
 
 def _request_body(cmd: list[str], kwargs: dict) -> dict:

@@ -18,16 +18,16 @@ import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .execute import child_environment
 from .execution import DEFAULT_MAX_OUTPUT, EventSink, ExecutionCollector
 from .identity import RunAs, kwargs_for
+from .session import feed_identities
 
 if TYPE_CHECKING:
-    from jupyter_client.manager import AsyncKernelManager
+    from .kernel_process import KernelProcess
 
 log = logging.getLogger("picod.kernel")
 
@@ -121,8 +121,10 @@ class KernelBridge:
         if run_as:  # the kernel, as the user, binds its IPC sockets here
             os.chown(self._runtime_dir, -1, run_as.gid)
             os.chmod(self._runtime_dir, 0o2770)
-        self._km = self._make_manager()
-        self._client = None
+        self._kernel = self._make_kernel()
+        # The daemon's own client: its session, and its shell and iopub sockets once started.
+        self._session = self._kernel.session.clone()
+        self._shell = self._iopub = None
         self._waiters: dict[str, asyncio.Queue] = {}
         self._pumps: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
@@ -132,14 +134,12 @@ class KernelBridge:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _make_manager(self) -> AsyncKernelManager:
+    def _make_kernel(self) -> KernelProcess:
         # Imported here, not at the top: a daemon without a kernel (--no-kernel) never loads
-        # jupyter_client, zmq and traitlets (a tenth of a second and several MiB at start).
-        from jupyter_client.kernelspec import KernelSpecManager
-        from jupyter_client.manager import AsyncKernelManager
+        # zmq (some hundredths of a second and a few MiB at start).
+        from .forked_kernel import KernelChannel, ZygoteLauncher
+        from .kernel_process import KernelProcess
 
-        spec_dir = os.path.join(self._runtime_dir, "kernels", KERNEL_NAME)
-        os.makedirs(spec_dir)
         startup = os.path.join(self._runtime_dir, "startup.py")
         with open(startup, "w") as f:
             f.write(KERNEL_STARTUP)
@@ -147,48 +147,30 @@ class KernelBridge:
         # history database on disk, and nothing is left behind in the workspace or HOME.
         argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                 "--HistoryManager.hist_file=:memory:", f"--IPKernelApp.exec_files={startup}"]
-        with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-            json.dump({"argv": argv,
-                       "display_name": "Python 3 (sandbox)", "language": "python",
-                       "interrupt_mode": "signal"}, f)
-        # The restart keeps the IPC paths, so our client and the relays stay connected.
-        km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME, transport="ipc",
-            kernel_spec_manager=KernelSpecManager(kernel_dirs=[os.path.join(self._runtime_dir, "kernels")]),
-            connection_file=os.path.join(self._runtime_dir, "connection.json"))
-        km.ip = os.path.join(self._runtime_dir, "ipc")
+        zygote = None
         if self.kernel_channel is not None:
-            km.provisioner = self._zygote_provisioner(km)
-        return km
-
-    def _zygote_provisioner(self, km: AsyncKernelManager):
-        """Kernels forked from the gateway's zygote (and spawned when it cannot give one), the
-        same provisioner for every restart."""
-        from .forked_kernel import KernelChannel, ZygoteProvisioner
-
-        km.kernel_id = str(uuid.uuid4())
-        provisioner = ZygoteProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
-        provisioner.channel = KernelChannel(self.kernel_channel)
-        provisioner.preloaded = tuple(sorted({name.split(".")[0] for name in self.preload_modules}))
-        return provisioner
+            # Kernels forked from the gateway's zygote (and spawned when it cannot give one).
+            zygote = ZygoteLauncher(KernelChannel(self.kernel_channel),
+                                    tuple(sorted({name.split(".")[0] for name in self.preload_modules})))
+        return KernelProcess(self._runtime_dir, argv, KERNEL_NAME, zygote)
 
     @property
     def forked(self) -> bool:
         """Whether the running kernel was forked from the gateway's zygote."""
-        return bool(getattr(self._km.provisioner, "forked", False))
+        return self._kernel.forked
 
     async def start(self) -> None:
         """Start the kernel and wait for kernel_info; failures are recorded, not raised."""
         try:
             if self.run_as:
                 # Written first so that the kernel, as the user, may read it (group, 0640).
-                self._km.write_connection_file()
-                os.chmod(self._km.connection_file, 0o640)
-            await self._km.start_kernel(cwd=self.workspace, env=child_environment(None), **kwargs_for(self.run_as))
-            self._client = self._km.client()
-            self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-            self._pumps = [asyncio.ensure_future(self._pump(self._client.iopub_channel.socket)),
-                           asyncio.ensure_future(self._pump(self._client.shell_channel.socket))]
+                self._kernel.write_connection_file()
+                os.chmod(self._kernel.connection_file, 0o640)
+            await self._kernel.start(self.workspace, child_environment(None), **kwargs_for(self.run_as))
+            self._shell = self._kernel.connect("shell", identity=self._session.bsession)
+            self._iopub = self._kernel.connect("iopub")
+            self._pumps = [asyncio.ensure_future(self._pump(self._iopub)),
+                           asyncio.ensure_future(self._pump(self._shell))]
             await self._wait_ready()
             self._watcher = asyncio.ensure_future(self._watch())
         except Exception as exc:  # the daemon still serves commands and files
@@ -215,7 +197,7 @@ class KernelBridge:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
         while not await self._kernel_info_on_both_channels():
-            if not await self._km.is_alive():
+            if not self._kernel.is_alive():
                 raise RuntimeError("the kernel process exited during startup")
             if loop.time() > deadline:
                 raise RuntimeError(f"the kernel did not answer kernel_info on shell and iopub "
@@ -227,14 +209,14 @@ class KernelBridge:
             await self._preload()
         self.state = "ready"
         self.ready.set()
-        log.info("kernel ready (pid namespace-local pid %s)", self._km.provisioner.pid if self._km.provisioner else "?")
+        log.info("kernel ready (pid namespace-local pid %s)", self._kernel.pid or "?")
         self._notify()
 
     async def _kernel_info_on_both_channels(self, wait: float = 1.0, after_reply: float = 0.05) -> bool:
         """One kernel_info round. Once the reply is in, its iopub status is due within
         milliseconds if our subscription is live; when it is not, ask again soon."""
         replied = published = False
-        with self._replies(self._client.kernel_info()) as queue:
+        with self._replies(self._request("kernel_info_request", {})) as queue:
             try:
                 while not (replied and published):
                     msg = await asyncio.wait_for(queue.get(), after_reply if replied else wait)
@@ -251,25 +233,34 @@ class KernelBridge:
         for task in [*self._pumps, self._watcher]:
             if task is not None:
                 task.cancel()
-        if self._client is not None:
-            self._client.stop_channels()
-        if self._km.has_kernel:
-            await self._km.shutdown_kernel(now=True)
+        for sock in (self._shell, self._iopub):
+            if sock is not None:
+                sock.close()
+        await self._kernel.shutdown()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
-
-    def connection_info(self) -> dict:
-        return self._km.get_connection_info(session=True)
 
     def connect_channels(self, identity: bytes | None = None) -> dict:
         """Fresh sockets to the kernel's shell, control, stdin and iopub, for one relay (shell
         and stdin must share an identity for input requests to reach the relay)."""
-        km = self._km
-        return {"shell": km.connect_shell(identity=identity), "control": km.connect_control(identity=identity),
-                "stdin": km.connect_stdin(identity=identity), "iopub": km.connect_iopub()}
+        return {name: self._kernel.connect(name, None if name == "iopub" else identity)
+                for name in ("shell", "control", "stdin", "iopub")}
 
     @property
     def session(self):
-        return self._km.session
+        """The kernel's session (key, signature scheme), for clients to clone."""
+        return self._kernel.session
+
+    def _request(self, msg_type: str, content: dict) -> str:
+        """Send a request on the daemon's shell socket; its msg_id."""
+        msg = self._session.msg(msg_type, content)
+        self._shell.send_multipart(self._session.serialize(msg))
+        return msg["msg_id"]
+
+    def _execute(self, code: str, silent: bool = False, store_history: bool = True,
+                 user_expressions: dict | None = None) -> str:
+        return self._request("execute_request", {
+            "code": code, "silent": silent, "store_history": store_history,
+            "user_expressions": user_expressions or {}, "allow_stdin": False, "stop_on_error": True})
 
     # -- events ----------------------------------------------------------------------------
 
@@ -291,7 +282,7 @@ class KernelBridge:
         while True:
             await asyncio.sleep(self._restart_poll)
             if self.state == "ready":
-                if await self._km.is_alive():
+                if self._kernel.is_alive():
                     continue
                 cause = self._death_cause()
                 log.warning("kernel died%s; restarting it", cause)
@@ -316,11 +307,11 @@ class KernelBridge:
     async def _pump(self, sock) -> None:
         """Route what the kernel sends on one channel to the queue of the request it answers.
         This is the hot path of every execution, so it reads the socket itself rather than
-        through jupyter_client's get_msg (a poll before every read, every date parsed, every
-        signature checked: a signature proves nothing here, the kernel holds the key)."""
+        with a poll before each (no date parsed, no signature checked: a signature proves
+        nothing here, the kernel holds the key)."""
         while True:
             try:
-                msg = _parse(self.session, await sock.recv_multipart())
+                msg = _parse(await sock.recv_multipart())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -362,7 +353,7 @@ class KernelBridge:
                 await self._run_silent(_SCOPE_ENV.format(env=json.dumps(env)))
             try:
                 collector = ExecutionCollector(on_event, self.max_output)
-                with self._replies(self._client.execute(code, allow_stdin=False)) as queue:
+                with self._replies(self._execute(code)) as queue:
                     status = await self._collect(queue, collector, timeout)
                 return collector.finish(status)
             finally:
@@ -406,7 +397,7 @@ class KernelBridge:
                     return "timeout"
                 interrupted = True
                 log.info("execution exceeded %ss; interrupting the kernel", timeout)
-                await self._km.interrupt_kernel()
+                await self._kernel.interrupt()
                 deadline = loop.time() + INTERRUPT_GRACE
                 continue
             if isinstance(msg, Dead):
@@ -424,8 +415,7 @@ class KernelBridge:
         return None
 
     def _death_cause(self) -> str:
-        provisioner = self._km.provisioner
-        code = getattr(getattr(provisioner, "process", None), "returncode", None)
+        code = self._kernel.returncode
         if code == -signal.SIGKILL:
             return (" (killed by SIGKILL: most often the sandbox ran out of memory; its memory limit "
                     "counts the files in its workspace and /tmp too)")
@@ -436,8 +426,8 @@ class KernelBridge:
     async def _run_silent(self, code: str, timeout: float = 10, user_expressions: dict | None = None) -> dict | None:
         """Run code without a trace (no output, history or execution count); the execute_reply's
         content, or None when the kernel died meanwhile."""
-        with self._replies(self._client.execute(code, silent=True, store_history=False, allow_stdin=False,
-                                                user_expressions=user_expressions or {})) as queue:
+        with self._replies(self._execute(code, silent=True, store_history=False,
+                                         user_expressions=user_expressions)) as queue:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while True:
@@ -464,7 +454,7 @@ class KernelBridge:
                 report["code"] = _reply_outcome(reply)
             await self._run_silent(_RELEASE_MEMORY)
         except asyncio.TimeoutError:
-            await self._km.interrupt_kernel()
+            await self._kernel.interrupt()
             problem = f"the preload took more than {PRELOAD_TIMEOUT:.0f}s and was interrupted"
             report["modules"] = {name: report["modules"].get(name, problem) for name in self.preload_modules}
             if self.preload_code and report["code"] is None:
@@ -481,7 +471,7 @@ class KernelBridge:
 
     async def interrupt(self) -> None:
         self._require_ready()
-        await self._km.interrupt_kernel()
+        await self._kernel.interrupt()
 
     async def restart(self) -> None:
         """Restart on request: executions in flight end with status "dead"; wait until ready."""
@@ -492,7 +482,7 @@ class KernelBridge:
         self._notify()
         self._fail_inflight()
         try:
-            await self._km.restart_kernel(now=True)
+            await self._kernel.restart()
             await self._wait_ready()
         except Exception as exc:
             # "dead": the watcher keeps trying (and gives up, "failed", after a few attempts).
@@ -508,10 +498,10 @@ async def _next(queue: asyncio.Queue, timeout: float | None):
         return await asyncio.wait_for(queue.get(), timeout)
 
 
-def _parse(session, parts: list[bytes]) -> dict:
-    """A message from the kernel's wire parts, shaped as jupyter_client's deserialize shapes it
-    (dates stay ISO strings, as they are sent on anyway)."""
-    _, frames = session.feed_identities(parts)  # signature, header, parent, metadata, content, buffers
+def _parse(parts: list[bytes]) -> dict:
+    """A message from the kernel's wire parts, shaped as Jupyter clients shape it (dates stay
+    ISO strings, as they are sent on anyway)."""
+    _, frames = feed_identities(parts)  # signature, header, parent, metadata, content, buffers
     header = json.loads(frames[1])
     return {"header": header, "msg_id": header.get("msg_id"), "msg_type": header.get("msg_type"),
             "parent_header": json.loads(frames[2]), "metadata": json.loads(frames[3]),
