@@ -115,8 +115,9 @@ class KernelCubeApp(ExtensionApp):
                           "with the gateway's rights). Env: KERNELCUBE_ISOLATION.")
     state_dir = Unicode(config=True, help="Directory for the signing key and local sandboxes. "
                                           "Env: KERNELCUBE_STATE_DIR.")
-    sandbox_python = Unicode(config=True, help="Python of the sandboxes (needs ipykernel, tornado, pyjwt, "
-                                               "jupyter_client); default: .sandbox-venv/bin/python in the "
+    sandbox_python = Unicode(config=True, help="Python of the sandboxes (needs what "
+                                               "sandbox-requirements.txt lists: ipykernel, pyzmq, httptools, "
+                                               "wsproto, pyjwt...); default: .sandbox-venv/bin/python in the "
                                                "working directory, built by `make install`. "
                                                "Env: KERNELCUBE_SANDBOX_PYTHON.")
     templates = Dict(config=True, help="Sandbox templates by name, e.g. {'big': {'pool_size': 1, "

@@ -40,6 +40,7 @@ TOO_LARGE = {"error": "request body too large", "detail": f"maximum allowed size
 # The rest of a refused body is read and dropped (so that the client reads the refusal, not a
 # reset) up to this many bytes; beyond it the connection is closed.
 MAX_DISCARDED = 4 * MAX_BODY_BYTES
+MAX_HEAD_BYTES = 64 * 1024  # request line plus headers (tornado's default too); 431 above it
 IDLE_TIMEOUT = 3600.0  # seconds a kept-alive connection may wait for its next request
 BODY_TIMEOUT = 600.0  # seconds a request may take to arrive whole
 SWEEP_SECONDS = 30.0
@@ -204,6 +205,7 @@ class HttpConnection(asyncio.Protocol):
         self._after_upgrade = b""  # bytes that followed an Upgrade request, for the new protocol
         self._reading_paused = False
         self._writing_paused = False
+        self._head_bytes = 0
         self._drain_waiters: list[asyncio.Future] = []
 
     # -- the transport's side
@@ -232,6 +234,8 @@ class HttpConnection(asyncio.Protocol):
             if self.task is None and not self.queue:
                 self.close()  # the request was refused already: nothing will take over
         except httptools.HttpParserError as exc:
+            if self.closed:
+                return  # refused from a callback (a head too large), answered there
             log.info("a malformed request: %s", exc)
             if self.answering is None:
                 self.write(b"HTTP/1.1 400 Bad Request\r\nServer: PicoD\r\nContent-Length: 0\r\n"
@@ -302,15 +306,29 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools' callbacks
     def on_message_begin(self) -> None:
         self.parsing = Request()
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
         self.parsing.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self.parsing.headers
         headers[key] = f"{headers[key]},{text}" if key in headers else text
+
+    def _count_head(self, size: int) -> None:
+        """Headers are held until complete: a client may not make them grow without bound."""
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            log.info("a request head of more than %d bytes; refused", MAX_HEAD_BYTES)
+            if self.answering is None and not self.queue:
+                self.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: PicoD\r\n"
+                           b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.close()
+            raise ConnectionAbortedError("request head too large")  # stops the parser
 
     def on_headers_complete(self) -> None:
         request = self.parsing

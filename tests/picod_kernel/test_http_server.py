@@ -161,3 +161,16 @@ def test_refused_upgrade_closes_the_connection(daemon):
         status, _, _ = read_response(sock, bytearray())
         assert status == 401
         assert sock.recv(1) == b""
+
+
+def test_a_head_without_end_is_refused_at_64_kib(daemon):
+    with connect(daemon) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        filler = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+        try:
+            for _ in range(80):  # 80 KiB, and the head never ends
+                sock.sendall(filler)
+        except OSError:
+            pass  # the daemon closed the connection while the rest was on its way
+        status, headers, _ = read_response(sock, bytearray())
+        assert status == 431 and headers["connection"] == "close"
