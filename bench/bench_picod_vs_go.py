@@ -52,7 +52,7 @@ FLOORS = {
     "floor: python -I, idle": "import time; time.sleep(100)",
     "floor: + asyncio, httptools, idle": "import asyncio, httptools, time; time.sleep(100)",
 }
-BOOTSTRAP = "import sys; sys.path.insert(0, {src!r}); from picod_kernel.app import main; sys.exit(main())"
+BOOTSTRAP = "import sys; sys.path.insert(0, {src!r}); from picod_kernel.{entry} import main; sys.exit(main())"
 MIB = 1024 * 1024
 
 
@@ -77,7 +77,9 @@ def sandbox_python() -> str:
 
 
 def ours(label: str, source: Path, kernel: bool) -> Daemon:
-    return Daemon(label, (sandbox_python(), "-I", "-c", BOOTSTRAP.format(src=str(source))), kernel=kernel)
+    # The daemon's entry point; before it had one of its own (a PICOD_COMPARE_REF), `app`.
+    entry = "daemon" if (source / "picod_kernel" / "daemon.py").is_file() else "app"
+    return Daemon(label, (sandbox_python(), "-I", "-c", BOOTSTRAP.format(src=str(source), entry=entry)), kernel=kernel)
 
 
 def _free_port() -> int:

@@ -14,7 +14,6 @@ from . import wire
 from .outbox import Outbox, Outgoing
 from .relay import Relays
 from .server import Reply, Request, RequestError
-from .websocket import WebSocket, check_handshake
 
 log = logging.getLogger("picod.channels")
 
@@ -46,6 +45,8 @@ class Channels:
         kernel = state.kernel
         if kernel is None:
             raise RequestError(404, "this PicoD runs without a kernel (started with --no-kernel)")
+        # wsproto (and h11 with it) is loaded by the first WebSocket, not by every daemon.
+        from .websocket import check_handshake
         check_handshake(request)
         # A client arriving during a restart waits for the kernel, as one arriving before it
         # would have waited for its first reply: refusing would make it re-dial.
@@ -64,9 +65,10 @@ class ChannelsConnection:
         self.session_id = session_id
         self.relay = None
         self.outbox: Outbox | None = None
-        self.socket: WebSocket | None = None
+        self.socket = None
 
     def open(self, request: Request, reply: Reply) -> None:
+        from .websocket import WebSocket
         self.socket = WebSocket.accept(request, reply, reply.connection, on_message=self.on_message,
                                        on_close=self.on_close)
         label = f"channels ({'session ' + self.session_id if self.session_id else 'no session id'})"

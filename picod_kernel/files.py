@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import mimetypes
 import os
 import posixpath
@@ -15,7 +14,7 @@ from urllib.parse import unquote
 from .command_handlers import rfc3339
 from .jail import JailError
 from .multipart import parse_form
-from .server import Reply, Request, RequestError
+from .server import Reply, Request, RequestError, http_date
 
 DEFAULT_MODE = 0o644
 DOWNLOAD_PREFIX = "/api/files/"
@@ -137,7 +136,7 @@ async def download(state, request: Request, reply: Reply) -> None:
         raise RequestError(500, f"Failed to get file info: {exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise RequestError(400, "Path is a directory, not a file")
-    reply.headers["Last-Modified"] = email.utils.formatdate(int(st.st_mtime), usegmt=True)
+    reply.headers["Last-Modified"] = http_date(int(st.st_mtime))
     reply.headers["Accept-Ranges"] = "bytes"
     if _not_modified_since(request.headers.get("if-modified-since"), st.st_mtime):
         reply.send(304)
@@ -182,7 +181,8 @@ def _not_modified_since(header: str | None, mtime: float) -> bool:
     if not header:
         return False
     try:
-        return email.utils.parsedate_to_datetime(header).timestamp() >= int(mtime)
+        from email.utils import parsedate_to_datetime  # only for a conditional request
+        return parsedate_to_datetime(header).timestamp() >= int(mtime)
     except (TypeError, ValueError):
         return False  # an unreadable date is ignored, as HTTP says
 

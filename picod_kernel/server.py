@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -167,7 +166,7 @@ class Reply:
 
     def _head(self, status: int) -> bytes:
         self.status = status
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", "Server: PicoD", f"Date: {http_date()}"]
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", "Server: PicoD", f"Date: {current_http_date()}"]
         lines += [f"{name}: {value}" for name, value in self.headers.items()]
         if not self._keep_alive:
             lines.append("Connection: close")
@@ -175,14 +174,25 @@ class Reply:
 
 
 _date = (0, "")
+# HTTP dates are English whatever the locale; email.utils would say the same but costs the
+# daemon a megabyte of modules.
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def http_date() -> str:
+def http_date(epoch: float) -> str:
+    """RFC 9110's IMF-fixdate, e.g. `Tue, 01 Dec 2026 04:37:30 GMT`."""
+    t = time.gmtime(epoch)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
+def current_http_date() -> str:
     """The Date header, formatted once a second."""
     global _date
     now = int(time.time())
     if _date[0] != now:
-        _date = (now, formatdate(now, usegmt=True))
+        _date = (now, http_date(now))
     return _date[1]
 
 

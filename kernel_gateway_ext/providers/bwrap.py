@@ -144,7 +144,7 @@ def picod_bootstrap(python: str, socket_path: str, workspace: str, source_dir: s
                     run_as: str | None = None, lifeline_fd: int | None = None,
                     preload: Preload | None = None, kernel_channel_fd: int | None = None) -> list[str]:
     """Run PicoD from its source directory without installing it into the sandbox Python."""
-    code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.app import main; sys.exit(main())"
+    code = f"import sys; sys.path.insert(0, {source_dir!r}); from picod_kernel.daemon import main; sys.exit(main())"
     # -I: the workspace (PicoD's working directory, writable by user code) must never be on
     # PicoD's sys.path, nor PYTHONPATH (user packages): a module planted there would run as PicoD.
     argv = [python, "-I", "-c", code, "--unix-socket", socket_path, "--workspace", workspace, "--log-level", "WARNING"]

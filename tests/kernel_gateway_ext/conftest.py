@@ -43,7 +43,7 @@ def picod_pid(sandbox_pid: int) -> int:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         # bubblewrap's namespace init carries the whole command line too
-        if b"picod_kernel.app" in b" ".join(argv) and not argv[0].endswith(b"bwrap"):
+        if b"picod_kernel.daemon" in b" ".join(argv) and not argv[0].endswith(b"bwrap"):
             return pid
     raise AssertionError("no PicoD process found in the sandbox")
 

@@ -86,3 +86,20 @@ def test_unix_socket_and_clean_shutdown(keys, tmp_path):
     for pid in kernels:
         assert not os.path.exists(f"/proc/{pid}"), "the kernel outlived PicoD"
     assert os.listdir(runtime) == [], "the kernel's runtime directory was left behind"
+
+
+def _maps_openssl(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return any("libcrypto" in line or "libssl" in line for line in f)
+
+
+def test_the_daemon_runs_without_openssl_until_a_token_needs_it(fresh_picod):
+    picod = fresh_picod()  # with its kernel: the bridge signs messages with the built-in SHA-256
+    pid = picod.proc.pid
+    assert picod.request("POST", "/api/run", json={"code": "6 * 7"}).json()["results"][0]["text/plain"] == "42"
+    assert picod.request("POST", "/api/execute", json={"command": ["true"]}).status_code == 200
+    assert not _maps_openssl(pid), "an idle PicoD should not have loaded OpenSSL"
+    # A refused token is worded by PyJWT, which needs `ssl`: it is there when asked for.
+    refused = picod.request("POST", "/api/execute", token="not.a.token", json={"command": ["true"]})
+    assert refused.status_code == 401 and refused.json()["error"]
+    assert picod.request("POST", "/api/execute", json={"command": ["true"]}).status_code == 200

@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from email.utils import formatdate
 
 import pytest
+
+from picod_kernel.server import http_date
 
 from .conftest import Picod
 
@@ -174,3 +177,8 @@ def test_a_head_without_end_is_refused_at_64_kib(daemon):
             pass  # the daemon closed the connection while the rest was on its way
         status, headers, _ = read_response(sock, bytearray())
         assert status == 431 and headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("epoch", [0, 951_782_400, 1_000_000_000, 1_796_100_000])
+def test_http_dates_are_those_of_email_utils(epoch):
+    assert http_date(epoch) == formatdate(epoch, usegmt=True)
