@@ -55,6 +55,7 @@ class WebSocket:
         self._inbox: deque = deque()
         self._worker: asyncio.Task | None = None
         self._closed_called = False
+        self._lost = False  # the connection is gone
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer = self.loop.call_later(PING_INTERVAL, self._ping)
 
@@ -113,6 +114,12 @@ class WebSocket:
         self._ping_timer.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
+        self._lost = True
+        if self._worker is None:
+            self._closed()
+        # else: once the messages that came before the close are delivered (see _deliver)
+
+    def _closed(self) -> None:
         if not self._closed_called:
             self._closed_called = True
             self.on_close()
@@ -135,16 +142,22 @@ class WebSocket:
             self._worker = asyncio.ensure_future(self._deliver())
 
     async def _deliver(self) -> None:
+        """Every message the client sent is handled, in order, even when its close followed
+        at once (an execute request, then a close, often arrive in one read): only then is
+        `on_close` called."""
         try:
-            while self._inbox and not self.conn.closed:
+            while self._inbox:
                 result = self.on_message(self._inbox.popleft())
                 if result is not None:
                     await result
         except Exception:
             log.exception("handling a WebSocket message failed; closing the connection")
+            self._inbox.clear()
             self.close(1011, "internal error")
         finally:
             self._worker = None
+            if self._lost:
+                self._closed()
 
     def _ping(self) -> None:
         if self.conn.closed:

@@ -148,6 +148,45 @@ async def test_replay_after_reconnect_with_the_same_session(fresh_picod):
         await close(watcher)
 
 
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """One client frame (clients must mask), payloads under 64 KiB."""
+    mask = os.urandom(4)
+    size = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.asyncio
+async def test_a_request_sent_with_the_close_still_reaches_the_kernel(fresh_picod):
+    """A client that sends its request and closes at once (both frames in one packet) has its
+    request run, and its output kept for its session."""
+    picod = fresh_picod()
+    watcher = await connect(picod)
+    try:
+        await _settled(watcher)
+        host, port = picod.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write((f"GET /api/kernel/channels?session_id=hasty HTTP/1.1\r\nHost: picod\r\n"
+                      f"Authorization: Bearer {picod.token()}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        await asyncio.sleep(0.5)  # the relay settles before the request comes
+        msg_id = uuid.uuid4().hex
+        writer.write(_masked(0x1, text(execute("print('ran')", msg_id)).encode()) + _masked(0x8, b"\x03\xe8"))
+        await writer.drain()
+        await until(watcher, is_idle_after(msg_id))
+        writer.close()
+
+        back = await connect(picod, "hasty")
+        try:
+            replayed = await collect(back, is_idle_after(msg_id), parent_is(msg_id, "execute_reply"))
+            assert "ran\n" in [m["content"]["text"] for m in replayed if m["msg_type"] == "stream"]
+        finally:
+            await close(back)
+    finally:
+        await close(watcher)
+
+
 @pytest.mark.asyncio
 async def test_replay_is_bounded_and_says_what_it_dropped(fresh_picod):
     picod = fresh_picod("--channels-replay-messages", "5")
