@@ -29,6 +29,7 @@ from jupyter_client.manager import AsyncKernelManager
 from bench.bench_gateway import SANDBOX_PYTHON, Client, start_gateway, wait_pool
 from bench.stats import report
 from kernel_gateway_ext.providers.local import _descendants, sandboxes_root
+from tests.kernel_gateway_ext.zygote_processes import namespace
 
 PLOT = "import pandas, matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()"
 POOL = 8
@@ -75,13 +76,6 @@ def _read(path: str) -> bytes:
         return b""
 
 
-def _namespace(pid: int, kind: str) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}")
-    except OSError:
-        return ""
-
-
 def _role(pid: int) -> str:
     argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
     if not argv[0]:
@@ -91,7 +85,7 @@ def _role(pid: int) -> str:
     if b"ipykernel_launcher" in argv or any(b"kernel_zygote" in a for a in argv):
         # A kernel forked from a zygote runs in its sandbox's pid namespace; its supervisor
         # (which waits for it) only creates children there.
-        return "kernel" if _namespace(pid, "pid") == _namespace(pid, "pid_for_children") else "supervisor"
+        return "kernel" if namespace(pid, "pid") == namespace(pid, "pid_for_children") else "supervisor"
     return "picod" if any(b"picod_kernel" in a for a in argv) else "other"
 
 
@@ -121,8 +115,8 @@ def sandbox_memory(state_dir: str) -> list[dict[str, float]]:
         everything = set(sandbox_pids)
         for pid in sandbox_pids:
             everything.update(_descendants(pid))
-        namespaces = {_namespace(pid, "pid") for pid in everything} - {"", _namespace(os.getpid(), "pid")}
-        everything.update(pid for pid in pids if _namespace(pid, "pid_for_children") in namespaces)
+        namespaces = {namespace(pid, "pid") for pid in everything} - {"", namespace(os.getpid(), "pid")}
+        everything.update(pid for pid in pids if namespace(pid, "pid_for_children") in namespaces)
         by_role: dict[str, float] = {}
         for pid in everything:
             role = _role(pid)

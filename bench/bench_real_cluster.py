@@ -148,6 +148,12 @@ class Bench:
         return {"claim": {path: self._claim_metrics(path) for path in PATHS},
                 "apiserver": self._apiserver_metrics(), "cpu": self._cpu()}
 
+    def measured(self, work, *args):
+        """`work(*args)`'s result, and the snapshots around it (for `breakdown`)."""
+        before = self.snapshot()
+        result = work(*args)
+        return result, (before, self.snapshot())
+
     def _claim_metrics(self, path: str) -> dict:
         import requests
         from prometheus_client.parser import text_string_to_metric_families
@@ -321,18 +327,14 @@ def run() -> None:
         print(f"  1. warm-pool session claim, one at a time ({SEQUENTIAL} per path, alternating; "
               f"pool of {SEQUENTIAL_POOL}, at least {SEQUENTIAL_DEPTH} Ready at each turn)",
               flush=True)
-        before = bench.snapshot()
-        found = bench.one_at_a_time()
-        after = bench.snapshot()
+        found, window = bench.measured(bench.one_at_a_time)
         _pair(found)
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
 
         print(f"  2. reference case: {BURST_ROUNDS} bursts of {BURST} sessions at once on a warm "
               f"pool of {BURST_POOL} (goal: fast path p50 <= {FAST_GOAL_MS:.0f} ms)", flush=True)
         bench.set_pool(BURST_POOL)
-        before = bench.snapshot()
-        found = bench.bursts(BURST, BURST_POOL, BURST_ROUNDS)
-        after = bench.snapshot()
+        found, window = bench.measured(bench.bursts, BURST, BURST_POOL, BURST_ROUNDS)
         _pair(found)
         if found[PATHS[0]]:
             p50 = statistics.median(found[PATHS[0]])
@@ -340,46 +342,39 @@ def run() -> None:
                   f"{'met' if p50 <= FAST_GOAL_MS else 'NOT met'} ({p50:.0f} ms); the "
                   f"{BURST - BURST_POOL} sessions of each burst past the warm {BURST_POOL} wait "
                   "for pods to start, whichever the path")
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
         print(f"     the same bursts on a warm pool of {BURST} (no pod to start):", flush=True)
         bench.set_pool(BURST)
-        before = bench.snapshot()
-        found = bench.bursts(BURST, BURST, BURST_ROUNDS)
-        after = bench.snapshot()
+        found, window = bench.measured(bench.bursts, BURST, BURST, BURST_ROUNDS)
         _pair(found)
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
 
         print(f"  3. {CONCURRENT} concurrent sessions, all requested at once on a warm pool of "
               f"{CONCURRENT_POOL}", flush=True)
         bench.set_pool(CONCURRENT_POOL)
-        before = bench.snapshot()
-        found = bench.bursts(CONCURRENT, CONCURRENT_POOL, 1)
-        after = bench.snapshot()
+        found, window = bench.measured(bench.bursts, CONCURRENT, CONCURRENT_POOL, 1)
         rates = {path: len(found[path]) / (max(found[path]) / 1000) for path in PATHS if found[path]}
         _pair(found, {path: f"   {rates[path]:5.1f} claims/s" for path in rates})
         if len(rates) == 2:
             print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / rates[PATHS[1]]:.2f}x the claims/s")
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
         print(f"     sustained: {SUSTAINED_CLIENTS} concurrent clients creating and ending sessions "
               f"on a pool of {SUSTAINED_POOL}, counted from {SUSTAINED_WARMUP:.0f}s to "
               f"{SUSTAINED_WARMUP + SUSTAINED_WINDOW:.0f}s", flush=True)
         bench.set_pool(SUSTAINED_POOL)
-        before = bench.snapshot()
-        found = bench.sustain(SUSTAINED_CLIENTS, SUSTAINED_WARMUP, SUSTAINED_WINDOW, SUSTAINED_POOL)
-        after = bench.snapshot()
+        found, window = bench.measured(bench.sustain, SUSTAINED_CLIENTS, SUSTAINED_WARMUP, SUSTAINED_WINDOW,
+                                       SUSTAINED_POOL)
         rates = {path: len(found[path]) / SUSTAINED_WINDOW for path in PATHS}
         _pair(found, {path: f"   {rates[path]:5.1f} claims/s" for path in rates})
         print(f"     fast path / SandboxClaim: {rates[PATHS[0]] / max(rates[PATHS[1]], 1e-9):.2f}x "
               "the claims/s (once the pool is drained, both are bound by how fast pods start)")
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
 
         print(f"  4. a pool of {REFILL_POOL} refilled from empty (the pool's own throughput)",
               flush=True)
-        before = bench.snapshot()
-        refill = bench.refill_from_empty(REFILL_POOL)
-        after = bench.snapshot()
+        refill, window = bench.measured(bench.refill_from_empty, REFILL_POOL)
         print(f"     {refill:.1f}s, {REFILL_POOL / refill:.1f} sandboxes/s")
-        bench.breakdown(before, after)
+        bench.breakdown(*window)
 
 
 if __name__ == "__main__":

@@ -269,6 +269,14 @@ def test_restart_policies_never_and_on_failure_end_the_pod(real_cluster):
              60, "the ended pods deleted")
 
 
+def new_session_of(gateway, template: str) -> str:
+    """A session of a template just applied (the gateway learns of it through its watch)."""
+    created = wait_for(lambda: (lambda r: r if r.status_code == 201 else None)(requests.post(
+        gateway.url + "/v1/sessions", json={"template": template}, headers=HEADERS,
+        timeout=90)), 90, f"a session of the {template} template")
+    return created.json()["session_id"]
+
+
 def test_a_pods_resource_limits_bound_its_sandbox(real_cluster):
     """The container's resources.limits bound its PicoD and what it runs: the limits are
     visible inside the sandbox, and an allocation past the memory limit is killed."""
@@ -281,10 +289,7 @@ def test_a_pods_resource_limits_bound_its_sandbox(real_cluster):
               "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}}}}
     cluster.cp.apply(ci)
     gateway = State.gateways[0]
-    created = wait_for(lambda: (lambda r: r if r.status_code == 201 else None)(requests.post(
-        gateway.url + "/v1/sessions", json={"template": "limited"}, headers=HEADERS,
-        timeout=90)), 90, "a session of the limited template")
-    session_id = created.json()["session_id"]
+    session_id = new_session_of(gateway, "limited")
 
     def bash(code: str) -> dict:
         response = requests.post(gateway.url + "/v1/execute", headers=HEADERS, timeout=60, json={
@@ -361,10 +366,7 @@ def test_gc_removes_an_idle_session(real_cluster):
               "args": ["--no-kernel"]}}}
     cluster.cp.apply(ci)
     gateway = State.gateways[0]
-    created = wait_for(lambda: (lambda r: r if r.status_code == 201 else None)(requests.post(
-        gateway.url + "/v1/sessions", json={"template": "short"}, headers=HEADERS,
-        timeout=90)), 90, "a session of the idle template")
-    session_id = created.json()["session_id"]
+    session_id = new_session_of(gateway, "short")
     wait_for(lambda: requests.get(f"{gateway.url}/v1/sessions/{session_id}", headers=HEADERS,
                                   timeout=10).status_code == 404, 60, "GC of the idle session")
     wait_for(lambda: not [s for s in sandboxes(cluster) if (s["metadata"].get("labels") or {})
