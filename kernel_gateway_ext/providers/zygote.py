@@ -261,17 +261,13 @@ def _unfit(ready) -> str | None:
 
 async def _exited(pid: int) -> None:
     """Until the process exits (a pidfd turns readable)."""
-    loop = asyncio.get_running_loop()
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return
-    exited = loop.create_future()
-    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
     try:
-        await exited
+        await packets.readable(fd)
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
 
 
