@@ -167,9 +167,7 @@ class KernelProcess:
         await self._launch()
 
     async def shutdown(self) -> None:
-        await self.kill()
-        if isinstance(self.process, ForkedKernel):
-            self.process.close()
+        await self.kill()  # closes a forked kernel's descriptors too
         with contextlib.suppress(OSError):
             os.unlink(self.connection_file)
         self.context.destroy(linger=100)

@@ -36,6 +36,9 @@ access_log = logging.getLogger("picod.access")
 
 JSON = "application/json; charset=utf-8"
 TOO_LARGE = {"error": "request body too large", "detail": f"maximum allowed size is {MAX_BODY_BYTES} bytes"}
+# Refusals made before a handler runs: (status, body, content type).
+REFUSE_TOO_LARGE = (413, json.dumps(TOO_LARGE).encode(), JSON)
+REFUSE_NOT_FOUND = (404, b"404 page not found", "text/plain")
 # The rest of a refused body is read and dropped (so that the client reads the refusal, not a
 # reset) up to this many bytes; beyond it the connection is closed.
 MAX_DISCARDED = 4 * MAX_BODY_BYTES
@@ -362,7 +365,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if len(request.body) + len(chunk) > MAX_BODY_BYTES:
             request.body = bytearray()
-            request.refusal = (413, json.dumps(TOO_LARGE).encode(), JSON)
+            request.refusal = REFUSE_TOO_LARGE
             request.discarded = len(chunk)
             self._pump()
             return
@@ -415,7 +418,6 @@ class HttpConnection(asyncio.Protocol):
         """Hand the connection to `protocol` (its handshake reply already written), with the
         bytes that came after the request."""
         self.upgraded = protocol
-        protocol.connection_made(self.transport)
         leftover, self._after_upgrade = self._after_upgrade, b""
         self._resume_reading()
         if leftover:
@@ -447,12 +449,12 @@ class HttpServer:
         route = self.find(request.path)
         handler = route.methods.get(request.method) if route is not None else None
         if handler is None:  # gin answers a wrong method like an unknown path
-            request.refusal = (404, b"404 page not found", "text/plain")
+            request.refusal = REFUSE_NOT_FOUND
             return
         request.route, request.handler = route, handler
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            request.refusal = (413, json.dumps(TOO_LARGE).encode(), JSON)
+            request.refusal = REFUSE_TOO_LARGE
             return
         if route.auth:
             try:

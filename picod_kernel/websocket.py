@@ -95,9 +95,6 @@ class WebSocket:
             self.conn.close()
 
     # -- fed by the connection
-    def connection_made(self, transport) -> None:
-        pass
-
     def data_received(self, data: bytes) -> None:
         self.ws.receive_data(data)
         for event in self.ws.events():
@@ -162,14 +159,11 @@ class WebSocket:
     def _ping(self) -> None:
         if self.conn.closed:
             return
-        if self.loop.time() - self._last_heard() > PING_TIMEOUT:
+        # The connection stamps every arrival with time.monotonic, the loop's clock.
+        if self.loop.time() - self.conn.last_active > PING_TIMEOUT:
             log.info("no answer from a WebSocket client in %.0f s; closing it", PING_TIMEOUT)
             self.conn.close()
             return
         if self.open:
             self.conn.write(self.ws.send(Ping()))
         self._ping_timer = self.loop.call_later(PING_INTERVAL, self._ping)
-
-    def _last_heard(self) -> float:
-        # The connection stamps every arrival with time.monotonic, the loop's clock here.
-        return self.conn.last_active
